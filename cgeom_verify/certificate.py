@@ -1,0 +1,354 @@
+"""The certificate: verdicts and their evidence, as JSON and as Markdown.
+
+Verdicts:
+
+* an item (obligation, check, control) is PASS, FAIL, ERROR (it raised) or
+  NOT RUN (collected but no evidence arrived: interrupted, crashed worker);
+* a claim is PASS iff all its items are PASS, FAIL if any is FAIL, else INCOMPLETE;
+* the certificate is PASS iff every claim is PASS, the run was not interrupted and
+  every claim provider loaded; FAIL if any claim failed; INCOMPLETE otherwise.
+
+Files are written atomically (temporary file + ``os.replace``), and a run first
+writes an INCOMPLETE placeholder, so a killed run never leaves a PASS behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .registry import ProviderProblem, RegisteredClaim
+from .settings import RunConfig
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CertificateError",
+    "build",
+    "placeholder",
+    "write",
+    "load",
+    "render_markdown",
+    "summary_lines",
+    "explain_failure",
+]
+
+SCHEMA_VERSION = 1
+JSON_NAME = "certificate.json"
+MARKDOWN_NAME = "certificate.md"
+PINNED = ("torch", "sympy", "numpy", "scipy", "hypothesis", "pytest", "pytest-xdist", "mpmath")
+
+
+class CertificateError(ValueError):
+    """A certificate file that cannot be used: missing, corrupt or of another schema."""
+
+
+# -- environment ------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git() -> dict:
+    def git(*args):
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        commit, status = None, None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def environment(run: RunConfig) -> dict:
+    device = run.torch_device()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in ("cgeom-verify", *PINNED)},
+        "device": {
+            "type": device.type,
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+            "torch_threads_per_process": 1,
+        },
+        "git": _git(),
+        "profile": run.profile,
+        "master_seed": run.master_seed,
+        "family_alpha": run.family_alpha,
+        "false_pass_rate": run.false_pass_rate,
+        "alpha_split": "Bonferroni: family_alpha / number of checks, then evenly over each "
+        "check's decisions; a control runs at its check's level",
+    }
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def placeholder(run: RunConfig) -> dict:
+    """What stands on disk while a run is in progress."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": "INCOMPLETE",
+        "reason": "run in progress, interrupted or killed",
+        "created": datetime.now(UTC).isoformat(),
+        "environment": environment(run),
+        "claims": [],
+        "problems": [],
+    }
+
+
+def _claim_verdict(items: list[dict]) -> str:
+    verdicts = {i["verdict"] for i in items}
+    if not items:
+        return "INCOMPLETE"
+    if "FAIL" in verdicts:
+        return "FAIL"
+    if verdicts == {"PASS"}:
+        return "PASS"
+    return "INCOMPLETE"
+
+
+def build(
+    *,
+    entries: list[RegisteredClaim],
+    problems: tuple[ProviderProblem, ...],
+    expected: list[str],
+    evidence: dict[str, dict],
+    errors: dict[str, str],
+    durations: dict[str, float],
+    run: RunConfig,
+    interrupted: bool,
+    collected: bool,
+    wall_time_s: float,
+) -> dict:
+    """Assemble the certificate from static claim data and the evidence that arrived."""
+    by_claim: dict[str, list[tuple[str, str]]] = {}
+    for nodeid in expected:
+        claim_id, key = nodeid.split("::")[-2:]
+        by_claim.setdefault(claim_id, []).append((nodeid, key))
+
+    claims = []
+    for entry in entries:
+        claim = entry.claim
+        sections: dict[str, list[dict]] = {"obligations": [], "checks": [], "controls": []}
+        wall = 0.0
+        for nodeid, key in by_claim.get(claim.id, []):
+            kind, name = key.split(": ", 1)
+            wall += durations.get(nodeid, 0.0)
+            if nodeid in evidence:
+                record = evidence[nodeid]
+            elif nodeid in errors:
+                record = {"kind": kind, "name": name, "verdict": "ERROR", "error": errors[nodeid]}
+            else:
+                record = {"kind": kind, "name": name, "verdict": "NOT RUN"}
+            sections[kind + "s"].append(record)
+        items = [r for section in sections.values() for r in section]
+        claims.append({
+            **claim.summary(),
+            "source_package": entry.package,
+            "module": entry.module,
+            "verdict": _claim_verdict(items),
+            "wall_time_s": wall,
+            **sections,
+        })
+
+    verdicts = {c["verdict"] for c in claims}
+    if "FAIL" in verdicts:
+        verdict, reason = "FAIL", "a claim failed"
+    elif interrupted:
+        verdict, reason = "INCOMPLETE", "the run was interrupted"
+    elif not collected or not claims:
+        verdict, reason = "INCOMPLETE", "no claim was collected"
+    elif problems:
+        verdict, reason = "INCOMPLETE", "a claim provider could not be loaded"
+    elif verdicts == {"PASS"}:
+        verdict, reason = "PASS", "every obligation proven, every check passed, every control rejected"
+    else:
+        verdict, reason = "INCOMPLETE", "an item errored or did not run"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": verdict,
+        "reason": reason,
+        "created": datetime.now(UTC).isoformat(),
+        "wall_time_s": wall_time_s,
+        "environment": environment(run),
+        "claims": claims,
+        "problems": [p.__dict__ for p in problems],
+    }
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write(cert: dict, directory: Path) -> None:
+    """Write ``certificate.json`` and ``certificate.md`` atomically (JSON last)."""
+    directory = Path(directory)
+    _atomic_write(directory / MARKDOWN_NAME, render_markdown(cert))
+    _atomic_write(directory / JSON_NAME, json.dumps(cert, indent=2, allow_nan=True) + "\n")
+
+
+def load(path: str | Path) -> dict:
+    """Read a certificate, refusing corrupt files and other schema versions."""
+    path = Path(path)
+    try:
+        cert = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CertificateError(f"{path}: no such certificate") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CertificateError(f"{path}: not a readable certificate ({exc})") from None
+    if not isinstance(cert, dict) or "schema_version" not in cert:
+        raise CertificateError(f"{path}: not a certificate (no schema_version)")
+    if cert["schema_version"] != SCHEMA_VERSION:
+        raise CertificateError(
+            f"{path}: schema version {cert['schema_version']!r}, this harness reads {SCHEMA_VERSION}"
+        )
+    for key, kind in (("verdict", str), ("claims", list), ("environment", dict)):
+        if not isinstance(cert.get(key), kind):
+            raise CertificateError(f"{path}: field {key!r} missing or malformed")
+    return cert
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _counts(claim: dict) -> tuple[str, str]:
+    checks = claim["checks"] + claim["obligations"]
+    passed = sum(i["verdict"] == "PASS" for i in checks)
+    rejected = sum(i.get("rejected", False) for i in claim["controls"])
+    return f"{passed}/{len(checks)}", f"{rejected}/{len(claim['controls'])}"
+
+
+def summary_lines(cert: dict) -> list[str]:
+    lines = [f"verdict: {cert['verdict']} ({cert.get('reason', '')})"]
+    for claim in cert["claims"]:
+        proven, rejected = _counts(claim)
+        lines.append(
+            f"  {claim['verdict']:<10} {claim['id']:<28} {claim['reference']:<16} "
+            f"checks+obligations {proven:>5}  controls rejected {rejected:>5}  "
+            f"{claim.get('wall_time_s', 0.0):7.1f}s"
+        )
+    for problem in cert.get("problems", []):
+        lines.append(f"  PROBLEM    {problem['provider']} ({problem['package']}): {problem['message']}")
+    return lines
+
+
+def explain_failure(evidence: dict) -> str:
+    """One short paragraph saying why an item's verdict is not PASS."""
+    if evidence["kind"] == "obligation":
+        bad = [d for d in evidence["derivations"] if not d["proven"]]
+        return "\n".join(f"not proven: {d['statement']}; residual {d['residual']}" for d in bad)
+    if evidence["kind"] == "control":
+        return (f"negative control {evidence['name']!r} was NOT rejected: check "
+                f"{evidence['check']!r} passed on the mutant ({evidence['description']})")
+    failed = [d for d in evidence["decisions"] if not d["passed"]]
+    lines = [f"{len(failed)} of {len(evidence['decisions'])} decisions failed "
+             f"(alpha per decision {evidence['alpha_per_decision']:.2e}):"]
+    for d in failed[:8]:
+        setting = evidence["examples"][d["example"]] if d["example"] is not None else None
+        lines.append(
+            f"  {d['name']}: estimate {d['estimate']:.6g} +- {d['standard_error']:.3g}, "
+            f"target {d['target']:.6g}, interval [{d['interval'][0]:.6g}, {d['interval'][1]:.6g}]"
+            + (f", setting {json.dumps(setting['setting'])}, seed {setting['seed']}" if setting else "")
+        )
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def render_markdown(cert: dict) -> str:
+    env = cert["environment"]
+    out = [
+        "# cgeom-verify certificate",
+        "",
+        "*The Geometric Mechanics of Contrastive Representation Learning* (arXiv 2601.19597)",
+        "",
+        f"**Verdict: {cert['verdict']}** — {cert.get('reason', '')}",
+        "",
+        f"Profile `{env['profile']}`, master seed `{env['master_seed']}`, device "
+        f"{env['device']['type']} ({env['device']['name']}), family-wise false-fail rate "
+        f"{env['family_alpha']}, false-pass rate per decision {env['false_pass_rate']}. "
+        f"Commit `{env['git']['commit']}`{' (dirty)' if env['git']['dirty'] else ''}. "
+        f"Created {cert['created']}.",
+        "",
+    ]
+    if cert["claims"]:
+        out += [
+            "| claim | reference | verdict | checks + obligations passed | controls rejected | wall time |",
+            "|---|---|---|---|---|---|",
+        ]
+        for claim in cert["claims"]:
+            proven, rejected = _counts(claim)
+            out.append(f"| `{claim['id']}` | {claim['reference']} | **{claim['verdict']}** | "
+                       f"{proven} | {rejected} | {claim.get('wall_time_s', 0.0):.1f} s |")
+        out.append("")
+    for problem in cert.get("problems", []):
+        out.append(f"- **Provider problem** `{problem['provider']}` ({problem['package']}): "
+                   f"{problem['message']}")
+    for claim in cert["claims"]:
+        out += ["", f"## `{claim['id']}` — {claim['reference']}: {claim['verdict']}", "",
+                claim["statement"], ""]
+        if claim["assumptions"]:
+            out += ["Assumptions: " + "; ".join(claim["assumptions"]) + ".", ""]
+        out.append(f"Source: `{claim['module']}` ({claim['source_package']}).")
+        out.append("")
+        for ob in claim["obligations"]:
+            out.append(f"- obligation **{ob['name']}**: {ob['verdict']}")
+            for d in ob.get("derivations", []):
+                out.append(f"  - {d['statement']}: `{d['lhs']} {d['relation']} {d['rhs']}` "
+                           f"(residual `{d['residual']}`)")
+        for ch in claim["checks"]:
+            decisions = ch.get("decisions", [])
+            out.append(f"- check **{ch['name']}**: {ch['verdict']} — "
+                       f"{sum(d['passed'] for d in decisions)}/{len(decisions)} decisions at alpha "
+                       f"{_fmt(ch.get('alpha_per_decision', float('nan')))} each, "
+                       f"{len(ch.get('examples', []))} settings")
+            worst = sorted(decisions, key=lambda d: d["p_value"])[:3]
+            for d in worst:
+                out.append(f"  - {d['name']}: {_fmt(d['estimate'])} ± {_fmt(d['standard_error'])} "
+                           f"vs {_fmt(d['target'])} (p = {_fmt(d['p_value'])}, detects "
+                           f"{_fmt(d['detectable'])}) {'ok' if d['passed'] else 'FAILED'}")
+            if ch.get("error"):
+                out.append(f"  - error: {ch['error']}")
+        for co in claim["controls"]:
+            state = "rejected" if co.get("rejected") else ("NOT rejected" if "rejected" in co else co["verdict"])
+            out.append(f"- control **{co['name']}** (on check *{co.get('check', '?')}*): {state}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,246 @@
+"""The claim API: what a theorem module declares.
+
+A claim module builds one :class:`Claim` per statement of the paper and attaches
+three kinds of evidence producers to it::
+
+    consistency = Claim(
+        id="thm3.1-value",
+        reference="Thm 3.1",
+        statement="L_N - log(N V_kappa(tau)) -> J_tau as N -> infinity.",
+        assumptions=("negatives i.i.d. from q",),
+        subject=InfoNCE(),            # the implementation the theorem speaks about
+    )
+
+    @consistency.obligation("the gradient formula differentiates the log-partition")
+    def gradient_formula():
+        return Derivation("d/dx log V_d = A_d", lhs, rhs)
+
+    @consistency.check("N-scaled bias -> -c/2", settings=vmf_settings(),
+                       examples=Profiled(quick=3, full=12))
+    def scaled_bias(run):
+        ...                            # batched torch Monte Carlo
+        return [stats.equal("intercept", a, se, -c / 2, example=i)]
+
+    consistency.control("wrong kernel volume", check=scaled_bias,
+                        mutant=replace(InfoNCE(), volume_temperature_factor=2.0))
+
+* An **obligation** returns :class:`Derivation` objects; the harness simplifies
+  ``lhs - rhs`` with SymPy and records both expressions.
+* A **check** receives a :class:`CheckRun` (the Hypothesis-drawn settings, a seed per
+  setting, the device, the profile and the subject) and returns
+  :class:`~cgeom_verify.stats.Test` objects; the harness decides them at the check's
+  share of the family-wise budget.
+* A **control** runs a check on a mutant subject; it is *rejected*, as it must be,
+  when that check FAILS.
+
+Any importable module can define claims; see :mod:`cgeom_verify.registry` for how
+packages register them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+from hypothesis.strategies import SearchStrategy
+
+from .stats import Test
+
+__all__ = ["Claim", "Derivation", "Profiled", "CheckRun", "Obligation", "Check", "Control"]
+
+_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,:;'()\[\]/+\-=<>^*|]*$")
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """A value that depends on the run profile: ``quick`` for CI, ``full`` for nightly."""
+
+    quick: Any
+    full: Any
+
+    def __getitem__(self, profile: str) -> Any:
+        if profile not in ("quick", "full"):
+            raise KeyError(f"unknown profile {profile!r}")
+        return getattr(self, profile)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """One symbolic statement ``lhs <relation> rhs``, discharged by SymPy.
+
+    ``relation`` is ``"=="`` (``simplify(lhs - rhs) == 0``), or ``">"``, ``">="``,
+    ``"<"``, ``"<="`` (the sign of ``simplify(lhs - rhs)`` decided by SymPy's
+    assumptions; undecided counts as not proven).
+    """
+
+    statement: str
+    lhs: sympy.Expr
+    rhs: sympy.Expr
+    relation: str = "=="
+
+    def discharge(self) -> dict:
+        # doit() evaluates Integral/Derivative/Limit objects kept unevaluated for printing.
+        residual = sympy.simplify((sympy.sympify(self.lhs) - sympy.sympify(self.rhs)).doit())
+        test = {
+            "==": lambda r: r == 0,
+            ">": lambda r: r.is_positive,
+            ">=": lambda r: r.is_nonnegative,
+            "<": lambda r: r.is_negative,
+            "<=": lambda r: r.is_nonpositive,
+        }[self.relation]
+        proven = bool(test(residual))
+        return {
+            "statement": self.statement,
+            "relation": self.relation,
+            "lhs": str(self.lhs),
+            "rhs": str(self.rhs),
+            "lhs_latex": sympy.latex(self.lhs),
+            "rhs_latex": sympy.latex(self.rhs),
+            "residual": str(residual),
+            "proven": proven,
+        }
+
+
+@dataclass
+class CheckRun:
+    """What a numeric check works with: settings, seeds, device, profile and subject."""
+
+    settings: list
+    seeds: list[int]
+    check_seed: int
+    subject: Any
+    profile: str
+    device: torch.device
+    dtype: torch.dtype = torch.float64
+    #: free-form numbers a check wants in the certificate (tables, reproductions).
+    records: dict = field(default_factory=dict)
+
+    def pick(self, value: Profiled | Any) -> Any:
+        """The profile's value of a :class:`Profiled`, or ``value`` itself."""
+        return value[self.profile] if isinstance(value, Profiled) else value
+
+    def generator(self, example: int | None = None) -> torch.Generator:
+        """A torch generator on the run's device, seeded for one example (or the check)."""
+        seed = self.check_seed if example is None else self.seeds[example]
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        return gen
+
+    def tensor(self, data) -> torch.Tensor:
+        return torch.as_tensor(data, dtype=self.dtype, device=self.device)
+
+    def record(self, key: str, value: Any) -> None:
+        """Attach JSON-serialisable numbers (e.g. a reproduction table) to the evidence."""
+        self.records[key] = value
+
+
+@dataclass(frozen=True)
+class Obligation:
+    claim: Claim
+    name: str
+    func: Callable[[], Derivation | Sequence[Derivation]]
+
+    @property
+    def key(self) -> str:
+        return f"obligation: {self.name}"
+
+
+@dataclass(frozen=True)
+class Check:
+    claim: Claim
+    name: str
+    func: Callable[[CheckRun], Sequence[Test]]
+    settings: SearchStrategy
+    examples: Profiled
+
+    @property
+    def key(self) -> str:
+        return f"check: {self.name}"
+
+
+@dataclass(frozen=True)
+class Control:
+    claim: Claim
+    name: str
+    check: Check
+    mutant: Any
+    description: str
+
+    @property
+    def key(self) -> str:
+        return f"control: {self.name}"
+
+
+@dataclass
+class Claim:
+    """One statement of the paper and the evidence that certifies it."""
+
+    id: str
+    reference: str
+    statement: str
+    assumptions: tuple[str, ...] = ()
+    subject: Any = None
+    obligations: list[Obligation] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    controls: list[Control] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not _ID_PATTERN.match(self.id):
+            raise ValueError(f"claim id {self.id!r} must be lower-case letters, digits, '.', '-'")
+        self.assumptions = tuple(self.assumptions)
+
+    def _check_name(self, name: str) -> None:
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(f"{self.id}: name {name!r} has characters a test id cannot carry")
+        taken = {p.name for p in (*self.obligations, *self.checks, *self.controls)}
+        if name in taken:
+            raise ValueError(f"{self.id}: duplicate name {name!r}")
+
+    def obligation(self, name: str):
+        """Decorator: a function returning one or more :class:`Derivation`."""
+
+        def register(func):
+            self._check_name(name)
+            self.obligations.append(Obligation(self, name, func))
+            return func
+
+        return register
+
+    def check(self, name: str, *, settings: SearchStrategy, examples: Profiled):
+        """Decorator: a numeric check ``func(run: CheckRun) -> list[Test]``.
+
+        ``settings`` is a Hypothesis strategy for one setting (a JSON-serialisable
+        dataclass or dict); ``examples`` how many settings each profile draws.
+        Returns the :class:`Check`, so controls can name it.
+        """
+
+        def register(func):
+            self._check_name(name)
+            check = Check(self, name, func, settings, examples)
+            self.checks.append(check)
+            return check
+
+        return register
+
+    def control(self, name: str, *, check: Check, mutant: Any, description: str = "") -> Control:
+        """A negative control: ``check`` run on ``mutant`` instead of the subject must FAIL."""
+        if check.claim is not self:
+            raise ValueError(f"{self.id}: control {name!r} names a check of another claim")
+        self._check_name(name)
+        control = Control(self, name, check, mutant, description or name)
+        self.controls.append(control)
+        return control
+
+    def summary(self) -> dict:
+        """The static part of the claim, as the certificate records it."""
+        return {
+            "id": self.id,
+            "reference": self.reference,
+            "statement": self.statement,
+            "assumptions": list(self.assumptions),
+        }

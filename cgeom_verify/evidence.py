@@ -1,0 +1,97 @@
+"""Turn obligations, checks and controls into evidence: plain JSON records.
+
+Evidence is what travels from an xdist worker to the controller and what the
+certificate stores. Each record has a ``verdict``:
+
+* obligation: ``PASS`` iff every derivation is proven by SymPy;
+* check: ``PASS`` iff every decision passes at the check's alpha;
+* control: ``PASS`` iff the check, run on the mutant, FAILS (the mutant is rejected).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .claim import Check, CheckRun, Control, Derivation, Obligation
+from .settings import RunConfig, derive_seed, draw_settings, setting_to_json
+from .stats import Test
+
+__all__ = ["obligation_evidence", "check_evidence", "control_evidence", "CheckError"]
+
+
+class CheckError(RuntimeError):
+    """A claim module returned something the harness cannot decide."""
+
+
+def obligation_evidence(obligation: Obligation) -> dict:
+    started = time.perf_counter()
+    result = obligation.func()
+    derivations = [result] if isinstance(result, Derivation) else list(result)
+    if not derivations or not all(isinstance(d, Derivation) for d in derivations):
+        raise CheckError(f"obligation {obligation.name!r} must return Derivation objects")
+    discharged = [d.discharge() for d in derivations]
+    return {
+        "kind": "obligation",
+        "claim": obligation.claim.id,
+        "name": obligation.name,
+        "derivations": discharged,
+        "verdict": "PASS" if all(d["proven"] for d in discharged) else "FAIL",
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
+    started = time.perf_counter()
+    claim_id = check.claim.id
+    count = check.examples[config.profile]
+    settings = draw_settings(
+        check.settings, count, derive_seed(config.master_seed, claim_id, check.name, "settings")
+    )
+    settings_json = [setting_to_json(s) for s in settings]
+    seeds = [derive_seed(config.master_seed, claim_id, check.name, s) for s in settings_json]
+    run = CheckRun(
+        settings=settings,
+        seeds=seeds,
+        check_seed=derive_seed(config.master_seed, claim_id, check.name),
+        subject=subject,
+        profile=config.profile,
+        device=config.torch_device(),
+    )
+    tests = check.func(run)
+    if not isinstance(tests, Sequence) or not tests or not all(isinstance(t, Test) for t in tests):
+        raise CheckError(f"check {check.name!r} must return a non-empty list of stats.Test")
+    # Bonferroni within the check: its share of the family budget, split evenly.
+    per_test = alpha / len(tests)
+    decisions = [t.decide(per_test, config.false_pass_rate).to_json() for t in tests]
+    return {
+        "claim": claim_id,
+        "check": check.name,
+        "alpha": alpha,
+        "alpha_per_decision": per_test,
+        "false_pass_rate": config.false_pass_rate,
+        "check_seed": run.check_seed,
+        "examples": [{"setting": s, "seed": seed} for s, seed in zip(settings_json, seeds, strict=True)],
+        "decisions": decisions,
+        "records": run.records,
+        "passed": all(d["passed"] for d in decisions),
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def check_evidence(check: Check, config: RunConfig, alpha: float) -> dict:
+    result = _run_check(check, check.claim.subject, config, alpha)
+    return {"kind": "check", "name": check.name, **result,
+            "verdict": "PASS" if result["passed"] else "FAIL"}
+
+
+def control_evidence(control: Control, config: RunConfig, alpha: float) -> dict:
+    result = _run_check(control.check, control.mutant, config, alpha)
+    return {
+        "kind": "control",
+        **result,
+        "name": control.name,
+        "description": control.description,
+        "rejected": not result["passed"],
+        "verdict": "PASS" if not result["passed"] else "FAIL",
+    }

@@ -1,0 +1,1 @@
+"""Numerical kernels shared by all claims: one implementation of each."""

@@ -1,0 +1,254 @@
+"""The pytest plugin (entry point ``pytest11: cgeom_verify``).
+
+Data flow::
+
+    registry (claims) --collect--> ClaimItem per obligation / check / control
+        --run on an xdist worker--> evidence JSON in report.user_properties
+        --controller--> certificate.json + certificate.md under --cgeom-reports
+
+The plugin is inert unless the collection anchor (``cgeom_verify/registry.py``) is
+among pytest's arguments; ``cgeom-verify run`` and ``nox -s verify`` pass it.
+
+Hooks implemented here, and why:
+
+* ``pytest_addoption`` — the ``--cgeom-*`` options (profile, seed, device, claims,
+  alpha, reports directory).
+* ``pytest_configure`` — validates them (a bad value is a ``UsageError``: one
+  line, no traceback) and pins torch to one thread per process so CPU numbers are
+  reproducible; parallelism comes from xdist.
+* ``pytest_pycollect_makemodule`` — turns the anchor file into the claim tree.
+* ``pytest_collection_finish`` — fixes the Bonferroni share of each check.
+
+:class:`CertificateWriter`, registered on the controller only, implements
+
+* ``pytest_sessionstart`` / ``pytest_sessionfinish`` — write an INCOMPLETE
+  certificate first and the final one last, so an interrupted or killed run never
+  leaves a PASS behind;
+* ``pytest_collection_finish`` / ``pytest_xdist_node_collection_finished`` — learn
+  the expected items (the controller does not collect under xdist);
+* ``pytest_runtest_logreport`` — gathers evidence and errors from every worker;
+* ``pytest_terminal_summary`` — prints the verdict table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from . import certificate, registry
+from .claim import Check, Claim, Control, Obligation
+from .evidence import check_evidence, control_evidence, obligation_evidence
+from .settings import ConfigError, RunConfig
+
+ANCHOR = Path(registry.__file__).resolve()
+EVIDENCE_KEY = "cgeom_evidence"
+
+_config_key = pytest.StashKey[RunConfig]()
+_check_count_key = pytest.StashKey[int]()
+_selection_key = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cgeom-verify", "certificate of the paper's claims")
+    group.addoption("--cgeom-profile", default="quick", help="quick (CI) or full (nightly)")
+    group.addoption("--cgeom-seed", default="20260119", help="master seed of every random stream")
+    group.addoption("--cgeom-device", default="auto", help="auto, cpu or cuda")
+    group.addoption("--cgeom-claims", default="", help="comma-separated claim ids (default: all)")
+    group.addoption("--cgeom-alpha", default="0.01", help="family-wise false-fail rate")
+    group.addoption("--cgeom-reports", default="reports", help="directory for the certificate")
+    group.addoption("--cgeom-provider", action="append", default=[],
+                    help="extra claim provider module to import (repeatable)")
+
+
+def _certifying(config: pytest.Config) -> bool:
+    return any(Path(str(a).split("::")[0]).resolve() == ANCHOR for a in config.args)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _parse(config: pytest.Config) -> RunConfig:
+    try:
+        seed = int(config.getoption("cgeom_seed"))
+    except ValueError:
+        raise ConfigError(f"seed must be an integer, got {config.getoption('cgeom_seed')!r}") from None
+    try:
+        alpha = float(config.getoption("cgeom_alpha"))
+    except ValueError:
+        raise ConfigError(f"alpha must be a number, got {config.getoption('cgeom_alpha')!r}") from None
+    return RunConfig(
+        profile=config.getoption("cgeom_profile"),
+        master_seed=seed,
+        device=config.getoption("cgeom_device"),
+        family_alpha=alpha,
+    )
+
+
+def _discover(config: pytest.Config) -> registry.Registry:
+    return registry.discover(tuple(config.getoption("cgeom_provider")))
+
+
+def _selected_ids(config: pytest.Config) -> list[str]:
+    return [i.strip() for i in config.getoption("cgeom_claims").split(",") if i.strip()]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _certifying(config):
+        return
+    try:
+        config.stash[_config_key] = _parse(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    found = _discover(config)
+    try:
+        config.stash[_selection_key] = [found, found.select(_selected_ids(config))]
+    except KeyError as exc:
+        known = ", ".join(found.ids()) or "none"
+        raise pytest.UsageError(f"unknown claim id(s): {exc.args[0]}; known: {known}") from None
+    torch.set_num_threads(1)
+    if not _is_worker(config):
+        config.pluginmanager.register(CertificateWriter(config), "cgeom-certificate-writer")
+
+
+# -- collection ---------------------------------------------------------------------------
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    if module_path.resolve() == ANCHOR and _config_key in parent.config.stash:
+        return RegistryFile.from_parent(parent, path=module_path)
+    return None
+
+
+class RegistryFile(pytest.File):
+    """The anchor: yields one collector per selected, registered claim."""
+
+    def collect(self):
+        _, selected = self.config.stash[_selection_key]
+        for entry in selected:
+            yield ClaimCollector.from_parent(self, name=entry.claim.id, claim=entry.claim)
+
+
+class ClaimCollector(pytest.Collector):
+    def __init__(self, *, claim: Claim, **kwargs):
+        super().__init__(**kwargs)
+        self.claim = claim
+
+    def collect(self):
+        for target in (*self.claim.obligations, *self.claim.checks, *self.claim.controls):
+            yield ClaimItem.from_parent(self, name=target.key, target=target)
+
+
+class ClaimFailure(Exception):
+    """Raised by a ClaimItem whose evidence has verdict FAIL."""
+
+
+class ClaimItem(pytest.Item):
+    def __init__(self, *, target: Obligation | Check | Control, **kwargs):
+        super().__init__(**kwargs)
+        self.target = target
+
+    def _alpha(self) -> float:
+        config = self.config.stash[_config_key]
+        return config.family_alpha / max(self.config.stash.get(_check_count_key, 1), 1)
+
+    def runtest(self) -> None:
+        config = self.config.stash[_config_key]
+        if isinstance(self.target, Obligation):
+            evidence = obligation_evidence(self.target)
+        elif isinstance(self.target, Check):
+            evidence = check_evidence(self.target, config, self._alpha())
+        else:
+            evidence = control_evidence(self.target, config, self._alpha())
+        self.user_properties.append((EVIDENCE_KEY, json.dumps(evidence, allow_nan=True)))
+        if evidence["verdict"] != "PASS":
+            raise ClaimFailure(certificate.explain_failure(evidence))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ClaimFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.target.claim.id}::{self.name}"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Every process (each xdist worker too) sees the same items, so all agree on the
+    # number of checks that share the family-wise budget.
+    if _config_key in session.config.stash:
+        items = [i for i in session.items if isinstance(i, ClaimItem)]
+        session.config.stash[_check_count_key] = sum(isinstance(i.target, Check) for i in items)
+
+
+# -- controller: evidence and certificate ----------------------------------------------------
+
+
+class CertificateWriter:
+    """Registered on the controller (or the only process) when certifying."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.run = config.stash[_config_key]
+        self.reports_dir = Path(config.getoption("cgeom_reports"))
+        self.started = time.time()
+        self.expected: list[str] | None = None
+        self.evidence: dict[str, dict] = {}
+        self.errors: dict[str, str] = {}
+        self.durations: dict[str, float] = {}
+        self.certificate: dict | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        certificate.write(certificate.placeholder(self.run), self.reports_dir)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.expected = [i.nodeid for i in session.items if isinstance(i, ClaimItem)]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        if self.expected is None:
+            self.expected = [i for i in ids if i.split("::")[0].endswith(ANCHOR.name)]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+        for key, value in report.user_properties:
+            if key == EVIDENCE_KEY:
+                self.evidence[report.nodeid] = json.loads(value)
+        if report.failed and report.nodeid not in self.evidence:
+            lines = report.longreprtext.strip().splitlines()
+            self.errors[report.nodeid] = f"{report.when}: {lines[-1] if lines else 'error'}"
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
+        found, entries = self.config.stash[_selection_key]
+        cert = certificate.build(
+            entries=entries,
+            problems=found.problems,
+            expected=self.expected or [],
+            evidence=self.evidence,
+            errors=self.errors,
+            durations=self.durations,
+            run=self.run,
+            interrupted=exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR),
+            collected=self.expected is not None,
+            wall_time_s=time.time() - self.started,
+        )
+        certificate.write(cert, self.reports_dir)
+        self.certificate = cert
+        if cert["verdict"] != "PASS" and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.certificate is None:
+            return
+        terminalreporter.section("cgeom-verify certificate")
+        for line in certificate.summary_lines(self.certificate):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(
+            f"written: {self.reports_dir / certificate.JSON_NAME}, "
+            f"{self.reports_dir / certificate.MARKDOWN_NAME}"
+        )

@@ -1,0 +1,1 @@
+"""The paper's claims, one module per theorem family (registered as provider ``paper``)."""
