@@ -119,6 +119,8 @@ class CheckRun:
     dtype: torch.dtype = torch.float64
     #: free-form numbers a check wants in the certificate (tables, reproductions).
     records: dict = field(default_factory=dict)
+    #: settings found outside the claim's assumptions: recorded, never counted as a pass.
+    outside_assumptions: list = field(default_factory=list)
 
     def pick(self, value: Profiled | Any) -> Any:
         """The profile's value of a :class:`Profiled`, or ``value`` itself."""
@@ -137,6 +139,14 @@ class CheckRun:
     def record(self, key: str, value: Any) -> None:
         """Attach JSON-serialisable numbers (e.g. a reproduction table) to the evidence."""
         self.records[key] = value
+
+    def not_applicable(self, reason: str, example: int | None = None) -> None:
+        """Record that a setting (or the subject) violates the claim's assumptions.
+
+        Such a setting yields no test. A check whose every setting is outside the
+        assumptions has verdict NOT APPLICABLE, which is not a PASS.
+        """
+        self.outside_assumptions.append({"example": example, "reason": reason})
 
 
 @dataclass(frozen=True)

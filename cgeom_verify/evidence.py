@@ -4,8 +4,10 @@ Evidence is what travels from an xdist worker to the controller and what the
 certificate stores. Each record has a ``verdict``:
 
 * obligation: ``PASS`` iff every derivation is proven by SymPy;
-* check: ``PASS`` iff every decision passes at the check's alpha;
-* control: ``PASS`` iff the check, run on the mutant, FAILS (the mutant is rejected).
+* check: ``PASS`` iff every decision passes at the check's alpha; ``NOT APPLICABLE``
+  if every setting was outside the claim's assumptions (no decision at all);
+* control: ``PASS`` iff the check, run on the mutant, FAILS or finds it outside the
+  assumptions (the mutant is rejected).
 """
 
 from __future__ import annotations
@@ -59,11 +61,14 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
         device=config.torch_device(),
     )
     tests = check.func(run)
-    if not isinstance(tests, Sequence) or not tests or not all(isinstance(t, Test) for t in tests):
-        raise CheckError(f"check {check.name!r} must return a non-empty list of stats.Test")
+    if not isinstance(tests, Sequence) or not all(isinstance(t, Test) for t in tests):
+        raise CheckError(f"check {check.name!r} must return a list of stats.Test")
+    if not tests and not run.outside_assumptions:
+        raise CheckError(f"check {check.name!r} returned no test and no not-applicable record")
     # Bonferroni within the check: its share of the family budget, split evenly.
-    per_test = alpha / len(tests)
+    per_test = alpha / max(len(tests), 1)
     decisions = [t.decide(per_test, config.false_pass_rate).to_json() for t in tests]
+    passed = all(d["passed"] for d in decisions)
     return {
         "claim": claim_id,
         "check": check.name,
@@ -74,24 +79,28 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
         "examples": [{"setting": s, "seed": seed} for s, seed in zip(settings_json, seeds, strict=True)],
         "decisions": decisions,
         "records": run.records,
-        "passed": all(d["passed"] for d in decisions),
+        "outside_assumptions": run.outside_assumptions,
+        "outcome": "NOT APPLICABLE" if not decisions else ("PASS" if passed else "FAIL"),
         "wall_time_s": time.perf_counter() - started,
     }
 
 
 def check_evidence(check: Check, config: RunConfig, alpha: float) -> dict:
     result = _run_check(check, check.claim.subject, config, alpha)
-    return {"kind": "check", "name": check.name, **result,
-            "verdict": "PASS" if result["passed"] else "FAIL"}
+    return {"kind": "check", "name": check.name, **result, "verdict": result["outcome"]}
 
 
 def control_evidence(control: Control, config: RunConfig, alpha: float) -> dict:
+    """A mutant is rejected when its check FAILS or finds it outside the assumptions."""
     result = _run_check(control.check, control.mutant, config, alpha)
+    rejected = result["outcome"] != "PASS"
     return {
         "kind": "control",
         **result,
         "name": control.name,
         "description": control.description,
-        "rejected": not result["passed"],
-        "verdict": "PASS" if not result["passed"] else "FAIL",
+        "rejected": rejected,
+        "rejected_because": {"FAIL": "check failed", "NOT APPLICABLE": "outside the assumptions",
+                             "PASS": None}[result["outcome"]],
+        "verdict": "PASS" if rejected else "FAIL",
     }

@@ -1,0 +1,84 @@
+"""The finite-N contrastive losses of THEORY.md §1 (paper Thm 3.1, Thm 4.1).
+
+Unimodal InfoNCE for anchors z, positives z+ and a pool of N negatives w_j::
+
+    L_N(z, z+) = -s(z, z+)/tau + log( [exp(s(z, z+)/tau)] + sum_j exp(s(z, w_j)/tau) )
+
+(the bracketed positive term is optional: some implementations include it, e.g. the
+authors', others do not). Shapes follow matmul broadcasting: anchors and positives
+are ``[..., B, d]``, the negative pool is ``[..., N, d]`` and is shared by the B
+anchors of its batch; the loss is ``[..., B]``. Give each anchor its own pool with B = 1.
+
+In-batch CLIP is the special case negatives = the other modality's batch and
+``include_positive=False`` (the positive is then one of the pool's columns).
+
+``chunk`` streams the log-partition over the pool (:mod:`.streaming`), so a
+reference with N >= 2^17 negatives runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .streaming import streamed_logsumexp
+
+__all__ = ["CRITICS", "cosine_critic", "rbf_critic", "log_partition", "infonce_loss", "symmetric_infonce"]
+
+
+def cosine_critic(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``s(z, w) = <z, w>`` for (unit) embeddings: ``[..., B, d] x [..., N, d] -> [..., B, N]``."""
+    return z @ w.transpose(-1, -2)
+
+
+def rbf_critic(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``s(z, w) = -(1/d) |z - w|^2`` (the authors' RBF variant)."""
+    d = z.shape[-1]
+    sq = (z**2).sum(-1, keepdim=True) + (w**2).sum(-1).unsqueeze(-2) - 2 * (z @ w.transpose(-1, -2))
+    return -sq / d
+
+
+CRITICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cosine": cosine_critic,
+    "rbf": rbf_critic,
+}
+
+
+def _critic(critic) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if callable(critic):
+        return critic
+    try:
+        return CRITICS[critic]
+    except KeyError:
+        raise ValueError(f"unknown critic {critic!r}; choose one of {', '.join(CRITICS)}") from None
+
+
+def log_partition(anchors, negatives, tau, *, critic="cosine", chunk: int | None = None) -> torch.Tensor:
+    """``log sum_j exp(s(z, w_j)/tau)`` for every anchor: ``[..., B]``."""
+    score = _critic(critic)
+    if chunk is None:
+        return torch.logsumexp(score(anchors, negatives) / tau, dim=-1)
+    return streamed_logsumexp(
+        lambda a, b: score(anchors, negatives[..., a:b, :]) / tau, negatives.shape[-2], chunk
+    )
+
+
+def infonce_loss(anchors, positives, negatives, tau, *, critic="cosine", include_positive=True,
+                 detach_negatives=False, chunk: int | None = None) -> torch.Tensor:
+    """Per-anchor InfoNCE loss ``L_N``; ``detach_negatives`` reproduces the stop-gradient bug."""
+    score = _critic(critic)
+    if detach_negatives:
+        negatives = negatives.detach()
+    positive_logit = (score(anchors.unsqueeze(-2), positives.unsqueeze(-2)) / tau)[..., 0, 0]
+    log_z = log_partition(anchors, negatives, tau, critic=score, chunk=chunk)
+    if include_positive:
+        log_z = torch.logaddexp(log_z, positive_logit)
+    return log_z - positive_logit
+
+
+def symmetric_infonce(z, w, z_negatives, w_negatives, tau, **options) -> torch.Tensor:
+    """``(L_{1->2}(z, w; w_negatives) + L_{2->1}(w, z; z_negatives)) / 2`` (Thm 4.1)."""
+    forward = infonce_loss(z, w, w_negatives, tau, **options)
+    backward = infonce_loss(w, z, z_negatives, tau, **options)
+    return 0.5 * (forward + backward)

@@ -1,0 +1,174 @@
+"""Von Mises-Fisher kernels on S^{d-1} (THEORY.md §0).
+
+``V_d(x) = ∫ exp(x <m, w>) mu(dw) = Gamma(d/2) (2/x)^nu I_nu(x)``, nu = d/2 - 1, with
+``mu`` the uniform *probability* measure; the vMF density with mean m and
+concentration k is ``exp(k <m, w>) / V_d(k)`` with respect to ``mu``, and its mean
+resultant length is ``A_d(k) = I_{d/2}(k) / I_{d/2-1}(k) = d/dk log V_d(k)``.
+
+Public API:
+
+* :func:`log_kernel_volume` — ``log V_d(x)``, stable for d <= 512 and 0 <= x <= 1e4;
+* :func:`mean_resultant_length` — ``A_d(x)``;
+* :func:`vmf_log_density` — log density w.r.t. ``mu``;
+* :func:`sample_vmf` — Wood's (1994) rejection sampler, batched, driven by a
+  ``torch.Generator`` so that every draw replays from its seed;
+* :func:`sample_uniform_sphere`.
+
+The Bessel functions are evaluated in NumPy/SciPy (float64): they enter as
+per-setting constants, never inside the per-sample hot loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import special
+
+__all__ = [
+    "log_kernel_volume",
+    "mean_resultant_length",
+    "vmf_log_density",
+    "sample_vmf",
+    "sample_uniform_sphere",
+]
+
+# Terms of the 0F1 series used where scaled Bessel values underflow (x << nu); there
+# the term ratio x^2 / (4 k (k + nu + 1)) is tiny, so this many terms is exhaustive.
+_SERIES_TERMS = 400
+
+
+def _log_series(d: int, x: np.ndarray, extra: int = 0) -> np.ndarray:
+    """log of sum_k (x^2/4)^k Gamma(d/2 + extra) / (k! Gamma(d/2 + extra + k)).
+
+    With extra = 0 this is V_d(x) = 0F1(; d/2; x^2/4).
+    """
+    k = np.arange(_SERIES_TERMS, dtype=np.float64)
+    a = d / 2.0 + extra
+    with np.errstate(divide="ignore", invalid="ignore"):  # x = 0: log 0 and 0 * -inf
+        log_q = np.log(np.square(x) / 4.0)[..., None]
+        terms = k * log_q - special.gammaln(k + 1) - special.gammaln(a + k) + special.gammaln(a)
+    terms[..., 0] = 0.0  # k = 0 term is exactly 1, also at x = 0
+    return special.logsumexp(terms, axis=-1)
+
+
+def _log_bessel_i(nu: float, x: np.ndarray) -> np.ndarray:
+    """log I_nu(x) for x > 0 via the exponentially scaled Bessel function."""
+    with np.errstate(divide="ignore"):
+        return np.log(special.ive(nu, x)) + x
+
+
+def log_kernel_volume(d: int, x) -> np.ndarray:
+    """``log V_d(x)``: log of the vMF normaliser with respect to the uniform probability measure."""
+    if int(d) != d or d < 2:
+        raise ValueError(f"dimension d must be an integer >= 2, got {d}")
+    x = np.asarray(x, dtype=np.float64)
+    if np.any(x < 0) or not np.all(np.isfinite(x)):
+        raise ValueError("concentration x must be finite and non-negative")
+    nu = d / 2.0 - 1.0
+    safe = np.where(x > 0, x, 1.0)
+    direct = special.gammaln(d / 2.0) + nu * np.log(2.0 / safe) + _log_bessel_i(nu, safe)
+    # ive underflows to 0 (log -> -inf) when x << nu; the series is exact and fast there.
+    use_series = (x == 0) | ~np.isfinite(direct) | (x < 1e-3 * (nu + 1))
+    if np.any(use_series):
+        direct = np.where(use_series, _log_series(d, x), direct)
+    return direct
+
+
+def mean_resultant_length(d: int, x) -> np.ndarray:
+    """``A_d(x) = I_{d/2}(x) / I_{d/2-1}(x)``, the derivative of ``log V_d``."""
+    x = np.asarray(x, dtype=np.float64)
+    nu = d / 2.0 - 1.0
+    safe = np.where(x > 0, x, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = special.ive(nu + 1.0, safe) / special.ive(nu, safe)
+    # Where ive underflows, use d/dx 0F1(;a;x^2/4) = x/(2a) 0F1(;a+1;x^2/4).
+    bad = ~np.isfinite(ratio) | (x < 1e-3 * (nu + 1))
+    if np.any(bad):
+        series = (x / d) * np.exp(_log_series(d, x, extra=1) - _log_series(d, x))
+        ratio = np.where(bad, series, ratio)
+    return np.where(x == 0, 0.0, ratio)
+
+
+def vmf_log_density(x: torch.Tensor, mean: torch.Tensor, kappa) -> torch.Tensor:
+    """Log vMF density at points ``x[..., d]`` w.r.t. the uniform probability measure."""
+    d = x.shape[-1]
+    kappa_t = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
+    log_norm = torch.as_tensor(
+        log_kernel_volume(d, kappa_t.detach().cpu().numpy()), dtype=x.dtype, device=x.device
+    )
+    return kappa_t * (x * mean).sum(-1) - log_norm
+
+
+def sample_uniform_sphere(shape, d: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
+    """Uniform points on S^{d-1}, shape ``[*shape, d]``."""
+    g = torch.randn(*shape, d, generator=generator, dtype=dtype, device=generator.device)
+    return g / g.norm(dim=-1, keepdim=True)
+
+
+def _standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(alpha, 1) draws (Marsaglia-Tsang), elementwise, from a seeded generator.
+
+    torch's own gamma sampler takes no generator, so draws could not replay from a seed.
+    """
+    boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
+    a = torch.where(boost, alpha + 1, alpha)
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.empty_like(a)
+    pending = torch.ones_like(a, dtype=torch.bool)
+    while pending.any():
+        idx = pending.nonzero(as_tuple=True)
+        z = torch.randn(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
+        u = torch.rand(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
+        v = (1 + c[idx] * z) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * z**2 + d[idx] - d[idx] * v + d[idx] * torch.log(v.clamp_min(1e-300)))
+        sel = tuple(i[ok] for i in idx)
+        out[sel] = (d[idx] * v)[ok]
+        pending[sel] = False
+    if boost.any():
+        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        out = torch.where(boost, out * u ** (1.0 / alpha), out)
+    return out
+
+
+def _wood_cosines(kappa: torch.Tensor, d: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw w = <x, mean> for vMF(mean, kappa) in S^{d-1}; kappa has the output's shape."""
+    dm1 = d - 1.0
+    # b written in the cancellation-free form (d-1) / (2k + sqrt(4k^2 + (d-1)^2)).
+    b = dm1 / (2 * kappa + torch.sqrt(4 * kappa**2 + dm1**2))
+    x0 = (1 - b) / (1 + b)
+    c = kappa * x0 + dm1 * torch.log1p(-(x0**2))
+    out = torch.empty_like(kappa)
+    pending = torch.ones_like(kappa, dtype=torch.bool)
+    half = torch.full_like(kappa, dm1 / 2)
+    while pending.any():
+        idx = pending.nonzero(as_tuple=True)
+        g1 = _standard_gamma(half[idx], generator)
+        g2 = _standard_gamma(half[idx], generator)
+        z = g1 / (g1 + g2)  # Beta((d-1)/2, (d-1)/2)
+        bi, x0i, ci, ki = b[idx], x0[idx], c[idx], kappa[idx]
+        w = (1 - (1 + bi) * z) / (1 - (1 - bi) * z)
+        u = torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        ok = ki * w + dm1 * torch.log1p(-x0i * w) - ci >= torch.log(u)
+        sel = tuple(i[ok] for i in idx)
+        out[sel] = w[ok]
+        pending[sel] = False
+    return out
+
+
+def sample_vmf(mean: torch.Tensor, kappa, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws from vMF(mean, kappa) for every batch entry: ``[..., n, d]``.
+
+    ``mean`` is ``[..., d]`` (unit vectors), ``kappa`` broadcastable to ``mean.shape[:-1]``;
+    kappa = 0 gives the uniform law.
+    """
+    d = mean.shape[-1]
+    batch = mean.shape[:-1]
+    kappa = torch.as_tensor(kappa, dtype=mean.dtype, device=mean.device).expand(batch)
+    kappa_n = kappa.unsqueeze(-1).expand(*batch, n).contiguous()
+    w = _wood_cosines(kappa_n, d, generator).unsqueeze(-1)
+    m = mean.unsqueeze(-2)
+    v = torch.randn(*batch, n, d, generator=generator, dtype=mean.dtype, device=mean.device)
+    v = v - (v * m).sum(-1, keepdim=True) * m  # uniform direction tangent to the mean
+    v = v / v.norm(dim=-1, keepdim=True)
+    return w * m + torch.sqrt((1 - w**2).clamp_min(0)) * v
