@@ -220,8 +220,10 @@ def _atomic_write(path: Path, text: str) -> None:
 def write(cert: dict, directory: Path) -> None:
     """Write ``certificate.json`` and ``certificate.md`` atomically (JSON last)."""
     directory = Path(directory)
-    _atomic_write(directory / MARKDOWN_NAME, render_markdown(cert))
-    _atomic_write(directory / JSON_NAME, json.dumps(cert, indent=2, allow_nan=True) + "\n")
+    markdown = render_markdown(cert)  # render both first: a failure writes neither
+    text = json.dumps(cert, indent=2, allow_nan=True) + "\n"
+    _atomic_write(directory / MARKDOWN_NAME, markdown)
+    _atomic_write(directory / JSON_NAME, text)
 
 
 def load(path: str | Path) -> dict:

@@ -62,6 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--cgeom-reports", default="reports", help="directory for the certificate")
     group.addoption("--cgeom-provider", action="append", default=[],
                     help="extra claim provider module to import (repeatable)")
+    group.addoption("--cgeom-providers-only", action="store_true",
+                    help="ignore installed providers; certify only --cgeom-provider modules")
 
 
 def _certifying(config: pytest.Config) -> bool:
@@ -90,7 +92,9 @@ def _parse(config: pytest.Config) -> RunConfig:
 
 
 def _discover(config: pytest.Config) -> registry.Registry:
-    return registry.discover(tuple(config.getoption("cgeom_provider")))
+    return registry.discover(
+        tuple(config.getoption("cgeom_provider")), installed=not config.getoption("cgeom_providers_only")
+    )
 
 
 def _selected_ids(config: pytest.Config) -> list[str]:
@@ -219,8 +223,9 @@ class CertificateWriter:
             if key == EVIDENCE_KEY:
                 self.evidence[report.nodeid] = json.loads(value)
         if report.failed and report.nodeid not in self.evidence:
-            lines = report.longreprtext.strip().splitlines()
-            self.errors[report.nodeid] = f"{report.when}: {lines[-1] if lines else 'error'}"
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else report.longreprtext.strip()
+            self.errors[report.nodeid] = f"{report.when}: {message.splitlines()[0] if message else 'error'}"
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:

@@ -16,7 +16,9 @@ plugin active yields one pytest item per obligation, check and control.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import sys
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -75,25 +77,27 @@ def _claims_in(module: ModuleType) -> list[Claim]:
     return [v for v in vars(module).values() if isinstance(v, Claim)]
 
 
-def _providers(extra: tuple[str, ...]) -> list[tuple[str, str]]:
+def _providers(extra: tuple[str, ...], installed: bool) -> list[tuple[str, str]]:
     """(module name, distribution) of every provider: entry points, then ``extra``."""
     found = sorted(
         ((ep.value, ep.dist.name if ep.dist else "?") for ep in entry_points(group=GROUP)),
         key=lambda p: (p[1], p[0]),
-    )
+    ) if installed else []
     return found + [(name, "(command line)") for name in extra]
 
 
-def discover(extra: tuple[str, ...] = ()) -> Registry:
+def discover(extra: tuple[str, ...] = (), installed: bool = True) -> Registry:
     """Import every provider and gather its claims, in a stable order.
 
     ``extra`` names further provider modules (``--cgeom-provider``), e.g. claims under
-    development that are not installed yet.
+    development that are not installed yet; ``installed=False`` skips the entry points.
     """
+    if extra and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like pytest's rootdir: local modules by dotted name
     claims: list[RegisteredClaim] = []
     problems: list[ProviderProblem] = []
     seen: dict[str, RegisteredClaim] = {}
-    for provider, package in _providers(tuple(extra)):
+    for provider, package in _providers(tuple(extra), installed):
         try:
             modules = _modules(importlib.import_module(provider))
         except Exception as exc:  # a broken provider must not take the others down

@@ -1,0 +1,47 @@
+"""nox sessions: verify (the certificate), tests (the harness's own tests), lint, bench.
+
+Every session installs exactly the versions pinned in constraints.txt (torch 2.13.0
+CPU among them), so a certificate records the versions it was produced with.
+
+    nox -s verify                      # quick profile, all claims, reports/certificate.*
+    nox -s verify -- --profile full    # nightly profile; any `cgeom-verify run` option
+    nox -s tests                       # harness tests (what .ci/run calls)
+"""
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint"]
+
+PYTHON = "3.11"
+
+
+def install(session: nox.Session, *extra: str) -> None:
+    session.install("-c", "constraints.txt", "-e", ".", *extra)
+
+
+@nox.session(python=PYTHON)
+def verify(session: nox.Session) -> None:
+    """Certify every registered claim; exits non-zero unless the certificate is PASS."""
+    install(session)
+    session.run("cgeom-verify", "run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The harness's own tests (statistics, plugin, certificate, CLI, kernels)."""
+    install(session)
+    session.run("pytest", "-n", "auto", "tests", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("-c", "constraints.txt", "ruff")
+    session.run("ruff", "check", "cgeom_verify", "claims", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Speed and memory benchmarks; numbers go to reports/benchmarks/*.json."""
+    install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)
