@@ -140,6 +140,22 @@ class CheckRun:
         """Attach JSON-serialisable numbers (e.g. a reproduction table) to the evidence."""
         self.records[key] = value
 
+    def figure(self, title: str, series: list[dict], *, xlabel: str, ylabel: str,
+               xscale: str = "linear", yscale: str = "linear") -> None:
+        """Publish a curve for the report (where a curve says more than a number).
+
+        ``series`` items are ``{"label", "x", "y"}`` with optional ``"yerr"`` (error bars
+        or band half-widths) and ``"style": "line" | "points" | "band"``; a predicted
+        curve is just another series (e.g. ``"label": "theory: slope -1/2"``).
+        """
+        for s in series:
+            if len(s["x"]) != len(s["y"]) or ("yerr" in s and len(s["yerr"]) != len(s["y"])):
+                raise ValueError(f"figure {title!r}: series {s.get('label')!r} has mismatched lengths")
+        self.records.setdefault("figures", []).append({
+            "title": title, "series": series, "xlabel": xlabel, "ylabel": ylabel,
+            "xscale": xscale, "yscale": yscale,
+        })
+
     def not_applicable(self, reason: str, example: int | None = None) -> None:
         """Record that a setting (or the subject) violates the claim's assumptions.
 
