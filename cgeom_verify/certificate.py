@@ -351,6 +351,9 @@ def render_markdown(cert: dict) -> str:
             if ch.get("error"):
                 out.append(f"  - error: {ch['error']}")
         for co in claim["controls"]:
-            state = "rejected" if co.get("rejected") else ("NOT rejected" if "rejected" in co else co["verdict"])
+            if "rejected" in co:
+                state = "rejected" if co["rejected"] else "NOT rejected"
+            else:
+                state = co["verdict"]
             out.append(f"- control **{co['name']}** (on check *{co.get('check', '?')}*): {state}")
     return "\n".join(out) + "\n"

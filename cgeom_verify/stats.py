@@ -220,8 +220,9 @@ def weighted_least_squares(design, y, y_se) -> Fit:
 
 def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
     """Exact two-sided (1 - alpha) interval for a binomial proportion."""
-    lo = 0.0 if successes == 0 else _scipy_stats.beta.ppf(alpha / 2, successes, trials - successes + 1)
-    hi = 1.0 if successes == trials else _scipy_stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes)
+    beta = _scipy_stats.beta
+    lo = 0.0 if successes == 0 else beta.ppf(alpha / 2, successes, trials - successes + 1)
+    hi = 1.0 if successes == trials else beta.ppf(1 - alpha / 2, successes + 1, trials - successes)
     return float(lo), float(hi)
 
 

@@ -34,14 +34,14 @@ def _experiments(sampler, n, seed=0):
 @pytest.mark.parametrize("alpha", [0.05, 0.2])
 def test_equal_false_fail_rate_normal_data_with_t_quantiles(alpha):
     means, ses = _experiments(lambda r, s: r.normal(1.5, 2.0, s), n=12)
-    decisions = [stats.equal("m", m, se, 1.5, df=11).decide(alpha) for m, se in zip(means, ses)]
+    decisions = [stats.equal("m", m, se, 1.5, df=11).decide(alpha) for m, se in zip(means, ses, strict=True)]
     _assert_rate(*_rate(decisions), alpha)
 
 
 def test_equal_false_fail_rate_skewed_data_large_sample():
     # Exponential data, n = 400: the CLT makes the z-interval nearly exact.
     means, ses = _experiments(lambda r, s: r.exponential(1.0, s), n=400, seed=1)
-    decisions = [stats.equal("m", m, se, 1.0).decide(0.1) for m, se in zip(means, ses)]
+    decisions = [stats.equal("m", m, se, 1.0).decide(0.1) for m, se in zip(means, ses, strict=True)]
     _assert_rate(*_rate(decisions), 0.1)
 
 
@@ -51,7 +51,8 @@ def test_equal_power_at_reported_detectable_discrepancy():
     alpha, beta = 0.01, 0.05
     means, ses = _experiments(lambda r, s: r.normal(0.0, 1.0, s), n=900, seed=2)
     detectable = stats.equal("m", 0.0, 1 / 30, 0.0).decide(alpha, beta).detectable
-    decisions = [stats.equal("m", m, se, -detectable).decide(alpha, beta) for m, se in zip(means, ses)]
+    decisions = [stats.equal("m", m, se, -detectable).decide(alpha, beta)
+                 for m, se in zip(means, ses, strict=True)]
     rejected, trials = _rate(decisions)
     lo, hi = stats.clopper_pearson(rejected, trials, LEVEL)
     assert lo <= 1 - beta + 0.005 and hi >= 1 - beta - 0.005
@@ -59,9 +60,9 @@ def test_equal_power_at_reported_detectable_discrepancy():
 
 def test_at_most_and_exceeds_error_rates():
     means, ses = _experiments(lambda r, s: r.normal(0.0, 1.0, s), n=100, seed=3)
-    at_most = [stats.at_most("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses)]
+    at_most = [stats.at_most("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses, strict=True)]
     _assert_rate(*_rate(at_most), 0.05)  # truth on the boundary: false-fail = alpha
-    exceeds = [stats.exceeds("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses)]
+    exceeds = [stats.exceeds("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses, strict=True)]
     passed = sum(d.passed for d in exceeds)  # truth on the boundary: false-pass = alpha
     _assert_rate(passed, EXPERIMENTS, 0.05)
 
@@ -91,7 +92,7 @@ def test_weighted_least_squares_recovers_line_and_calibrated_errors():
 def test_variance_se_is_calibrated():
     rng = np.random.default_rng(5)
     var, se = stats.variance_se(rng.normal(0.0, 2.0, (EXPERIMENTS, 500)))
-    decisions = [stats.equal("v", v, s, 4.0).decide(0.1) for v, s in zip(var, se)]
+    decisions = [stats.equal("v", v, s, 4.0).decide(0.1) for v, s in zip(var, se, strict=True)]
     _assert_rate(*_rate(decisions), 0.1)
 
 

@@ -121,7 +121,8 @@ def _standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Te
         z = torch.randn(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
         u = torch.rand(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
         v = (1 + c[idx] * z) ** 3
-        ok = (v > 0) & (torch.log(u) < 0.5 * z**2 + d[idx] - d[idx] * v + d[idx] * torch.log(v.clamp_min(1e-300)))
+        log_v = torch.log(v.clamp_min(1e-300))
+        ok = (v > 0) & (torch.log(u) < 0.5 * z**2 + d[idx] - d[idx] * v + d[idx] * log_v)
         sel = tuple(i[ok] for i in idx)
         out[sel] = (d[idx] * v)[ok]
         pending[sel] = False
