@@ -64,12 +64,25 @@ class Registry:
         return [known[i] for i in ids]
 
 
-def _modules(target: ModuleType) -> list[ModuleType]:
-    if not hasattr(target, "__path__"):
-        return [target]
+def _import(name: str, package: str, problems: list[ProviderProblem]) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # a broken provider must not take the others down
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        problems.append(ProviderProblem(name, package, f"import failed: {last}"))
+        return None
+
+
+def _modules(provider: str, package: str, problems: list[ProviderProblem]) -> list[ModuleType]:
+    """The provider module, or every module of a provider package (each imported on its own)."""
+    target = _import(provider, package, problems)
+    if target is None or not hasattr(target, "__path__"):
+        return [target] if target is not None else []
     found = [target]
     for info in sorted(pkgutil.iter_modules(target.__path__), key=lambda m: m.name):
-        found.append(importlib.import_module(f"{target.__name__}.{info.name}"))
+        module = _import(f"{target.__name__}.{info.name}", package, problems)
+        if module is not None:
+            found.append(module)
     return found
 
 
@@ -98,12 +111,7 @@ def discover(extra: tuple[str, ...] = (), installed: bool = True) -> Registry:
     problems: list[ProviderProblem] = []
     seen: dict[str, RegisteredClaim] = {}
     for provider, package in _providers(tuple(extra), installed):
-        try:
-            modules = _modules(importlib.import_module(provider))
-        except Exception as exc:  # a broken provider must not take the others down
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            problems.append(ProviderProblem(provider, package, f"import failed: {last}"))
-            continue
+        modules = _modules(provider, package, problems)
         for module in modules:
             for claim in _claims_in(module):
                 if claim.id in seen:

@@ -5,7 +5,13 @@ import pytest
 import sympy
 
 from cgeom_verify import Claim, Derivation, Profiled
-from cgeom_verify.settings import ConfigError, RunConfig, derive_seed, draw_settings, setting_to_json
+from cgeom_verify.settings import (
+    ConfigError,
+    RunConfig,
+    derive_seed,
+    draw_settings,
+    setting_to_json,
+)
 
 
 def test_claim_ids_and_names_are_validated():
@@ -52,3 +58,20 @@ def test_settings_and_seeds_are_deterministic():
     assert 0 <= derive_seed("anything") < 2**63
     with pytest.raises(ValueError):
         setting_to_json(float("nan"))
+
+
+def test_a_broken_module_does_not_hide_its_siblings(tmp_path, monkeypatch):
+    from cgeom_verify import registry
+
+    package = tmp_path / "mixed_provider"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "good.py").write_text(
+        "from cgeom_verify import Claim\nok = Claim(id='sibling-ok', reference='r', statement='s')\n"
+    )
+    (package / "bad.py").write_text("raise RuntimeError('half-written module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = registry.discover(("mixed_provider",), installed=False)
+    assert found.ids() == ["sibling-ok"]
+    (problem,) = found.problems
+    assert problem.provider == "mixed_provider.bad" and "half-written module" in problem.message
