@@ -1,0 +1,127 @@
+"""Tests of the particle/KDE kernels against the authors' formulas and closed forms."""
+
+import math
+
+import pytest
+import torch
+
+from cgeom_verify.kernels import particles
+
+AUTHORS_WELLS = particles.Wells(((0.0, 0.0, 1.0), (0.85, 0.15, -0.5)), (0.5, 0.5), 12.0)
+
+
+def _authors_log_kde(z, h, eps=1e-6):
+    """Their ``kde_on_particles_s2`` (batched), differentiated by autograd through acos."""
+    d = torch.acos((z @ z.transpose(-1, -2)).clamp(-1 + eps, 1 - eps))
+    return torch.log(torch.exp(-(d * d) / (2 * h[:, None, None] ** 2)).mean(dim=-1))
+
+
+def _tangential(grad, z):
+    # z = v / |v| never sees the radial part of a gradient in z.
+    return grad - (grad * z).sum(-1, keepdim=True) * z
+
+
+@pytest.mark.parametrize("m", [7, 24, 96, 200])
+@pytest.mark.parametrize("tile_elements", [1, 1 << 19])
+def test_log_kde_value_and_gradient_match_the_authors_formula(m, tile_elements, monkeypatch):
+    # tile_elements = 1: one tile per chunk, so chunk edges cross every block boundary.
+    monkeypatch.setattr(particles, "_CHUNK_ELEMENTS", tile_elements)
+    gen = torch.Generator().manual_seed(m)
+    z = torch.nn.functional.normalize(torch.randn(3, m, 3, generator=gen, dtype=torch.float64),
+                                      dim=-1).requires_grad_(True)
+    h = torch.tensor([0.35, 0.2, 0.6], dtype=torch.float64)
+    upstream = torch.randn(3, m, generator=gen, dtype=torch.float64)
+    ours = particles.log_kde(z, h)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), z)
+    ref = _authors_log_kde(z, h)
+    (grad_ref,) = torch.autograd.grad((ref * upstream).sum(), z)
+    # float64 sums of O(m) terms of size O(1): agreement to ~1e-13 expected.
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-12)
+    assert torch.allclose(_tangential(grad_ours, z), _tangential(grad_ref, z), rtol=0, atol=1e-11)
+
+
+def test_training_replays_the_authors_loop():
+    """Same initial v and noise: our batched step == their per-run Adam step on their loss."""
+    runs, m, steps = 2, 16, 6
+    tau = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    h = torch.tensor([0.35, 0.2], dtype=torch.float64)
+    schedule = particles.AdamSchedule(steps=steps)
+    ours = particles.train_particles(AUTHORS_WELLS, tau, h, m, schedule,
+                                     torch.Generator().manual_seed(5), dtype=torch.float64)
+    draws = torch.Generator().manual_seed(5)  # replay the same stream: v0, then noise per step
+    v0 = torch.randn(runs, m, 3, generator=draws, dtype=torch.float64)
+    noise = [torch.randn(runs, m, 3, generator=draws, dtype=torch.float64) for _ in range(steps)]
+    for r in range(runs):
+        v = torch.nn.Parameter(v0[r].clone())
+        opt = torch.optim.Adam([v], lr=schedule.lr)
+        for step in range(steps):
+            z = v / v.norm(dim=-1, keepdim=True)
+            loss = AUTHORS_WELLS.potential(z).mean() / tau[r] + _authors_log_kde(
+                z[None], h[r:r + 1])[0].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                v.add_(noise[step][r] * schedule.noise_std)
+        ref = (v / v.norm(dim=-1, keepdim=True)).detach()
+        # Adam divides by sqrt(v_hat): gradient rounding (~1e-15) is amplified at most by
+        # lr/eps-free ratios of O(1); 1e-9 leaves ample room and still catches any real bug.
+        assert torch.allclose(ours[r], ref, rtol=0, atol=1e-9)
+
+
+def test_training_is_seeded_and_shaped():
+    args = (AUTHORS_WELLS, [1.0, 0.5], [0.3, 0.3], 8, particles.AdamSchedule(steps=3))
+    a = particles.train_particles(*args, torch.Generator().manual_seed(1))
+    b = particles.train_particles(*args, torch.Generator().manual_seed(1))
+    assert a.shape == (2, 8, 3) and torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2, 8), atol=1e-6)
+
+
+def test_gibbs_cap_mass_single_well_closed_form():
+    # One well: U = -<z, m>, rho* = vMF(m, 1/tau): cap mass (e^k - e^{k cos r}) / (e^k - e^-k).
+    well = particles.Wells(((0.3, -0.2, 0.9),), (1.0,), 5.0)
+    tau = torch.tensor([3.0, 0.5, 0.05], dtype=torch.float64)
+    k, r = 1 / tau, 0.7
+    exact = (1 - torch.exp(-k * (1 - math.cos(r)))) / (1 - torch.exp(-2 * k))
+    # Smooth integrands, Gauss-Legendre on both factors: converged to rounding.
+    assert torch.allclose(particles.gibbs_cap_mass(well, tau, r), exact, rtol=1e-12, atol=0)
+
+
+def test_gibbs_cap_mass_high_temperature_is_the_cap_area():
+    mass = particles.gibbs_cap_mass(AUTHORS_WELLS, 1e9, 0.5)
+    assert abs(float(mass) - (1 - math.cos(0.5))) < 1e-8  # two caps of area (1 - cos r)/2
+
+
+def test_gibbs_cap_mass_reproduces_the_authors_monte_carlo():
+    # Their 120k-point Monte Carlo (seed 0), 3 decimals: 0.130, 0.191, 0.708; MC s.e. <= 0.0023.
+    mass = particles.gibbs_cap_mass(AUTHORS_WELLS, [10.0, 1.0, 0.1], 0.5)
+    assert torch.allclose(mass, torch.tensor([0.130, 0.191, 0.708], dtype=torch.float64),
+                          atol=5 * 0.0023)
+
+
+def test_sample_gibbs_matches_quadrature():
+    tau = [5.0, 0.2]
+    z = particles.sample_gibbs(AUTHORS_WELLS, tau, 20000, torch.Generator().manual_seed(3))
+    frac = particles.cap_fraction(z, AUTHORS_WELLS.centres(), 0.5)
+    mass = particles.gibbs_cap_mass(AUTHORS_WELLS, tau, 0.5)
+    binomial_se = torch.sqrt(mass * (1 - mass) / 20000)
+    assert bool(((frac - mass).abs() < 5 * binomial_se).all())
+
+
+def test_cap_fraction_counts_points_inside():
+    centres = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    angles = torch.tensor([0.0, 0.49, 0.51, 2.0], dtype=torch.float64)
+    z = torch.stack([torch.sin(angles), torch.zeros(4, dtype=torch.float64), torch.cos(angles)], -1)
+    assert float(particles.cap_fraction(z, centres, 0.5)) == 0.5
+
+
+def test_bad_input_is_an_error():
+    with pytest.raises(ValueError):
+        particles.Wells(((0.0, 0.0, 1.0),), (0.7,), 12.0)
+    with pytest.raises(ValueError):
+        particles.gibbs_cap_mass(AUTHORS_WELLS, 1.0, 1.1)  # caps 2.09 rad apart overlap
+    with pytest.raises(ValueError):
+        particles.train_particles(AUTHORS_WELLS, [1.0, 1.0], [0.3], 8, particles.AdamSchedule(1),
+                                  torch.Generator())
+    with pytest.raises(ValueError):
+        particles.log_kde(torch.zeros(4, 3), torch.ones(1))
