@@ -1,0 +1,271 @@
+"""Kernels of the modality-gap claims: angular divergence estimators and the batched CLIP toy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cgeom_verify.kernels import angular_divergence as ad
+from cgeom_verify.kernels import clip_toy, infonce, vmf
+from claims.modality_gap import jonckheere_terpstra
+
+
+@pytest.fixture
+def gen():
+    g = torch.Generator()
+    g.manual_seed(1234)
+    return g
+
+
+# --- closed forms -------------------------------------------------------------------------
+
+
+def test_vm_kl_closed_form_matches_quadrature():
+    theta = np.linspace(-math.pi, math.pi, 20001)[:-1]
+    a, k1, b, k2 = 0.3, 2.5, -0.4, 4.0
+    p = np.exp(k1 * np.cos(theta - a)) / (2 * math.pi * np.i0(k1))
+    q = np.exp(k2 * np.cos(theta - b)) / (2 * math.pi * np.i0(k2))
+    numeric = np.sum(p * np.log(p / q)) * (2 * math.pi / theta.size)
+    closed = ad.vmf_kl(2, [math.cos(a), math.sin(a)], k1, [math.cos(b), math.sin(b)], k2)
+    assert closed == pytest.approx(numeric, rel=1e-10)
+
+
+def test_smoothed_target_is_below_the_divergence_and_tends_to_it():
+    exact = float(
+        ad.vmf_symmetric_divergence(2, [1.0, 0.0], 3.0, [math.cos(0.5), math.sin(0.5)], 4.0)
+    )
+    smoothed = [
+        0.5 * sum(ad.smoothed_vm_divergence(0.0, 3.0, 0.5, 4.0, c)) for c in (10.0, 100.0, 1e4)
+    ]
+    assert all(s < exact for s in smoothed)  # data processing
+    assert smoothed[0] < smoothed[1] < smoothed[2]
+    assert smoothed[2] == pytest.approx(exact, rel=1e-3)
+
+
+# --- the S^1 estimator --------------------------------------------------------------------
+
+
+def test_identical_samples_give_exactly_zero(gen):
+    x = 2 * math.pi * torch.rand(3, 400, generator=gen, dtype=torch.float64)
+    est = ad.vm_kde_divergence(x, x.clone())
+    assert torch.all(est.ds == 0) and torch.all(est.kl_pq == 0)
+
+
+def test_finite_on_empty_regions_where_the_histogram_explodes(gen):
+    x = math.pi / 2 * torch.rand(2, 500, generator=gen, dtype=torch.float64)
+    y = x + math.pi
+    est = ad.vm_kde_divergence(x, y)
+    hist = ad.histogram_jeffreys(x, y)
+    assert torch.isfinite(est.ds).all() and (est.ds > 1).all()
+    assert (hist > 20).all()  # the 1e-8 smoothing: log(1/60 / 1e-8) ~ 14 per side
+
+
+def test_collapsed_samples_are_finite():
+    zero = torch.zeros(1, 100, dtype=torch.float64)
+    assert torch.isfinite(ad.vm_kde_divergence(zero, zero + 1.0).ds).all()
+
+
+def test_estimator_recovers_a_vm_divergence(gen):
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.vonmises(0.0, 4.0, (24, 2000)))
+    y = torch.as_tensor(rng.vonmises(0.4, 4.0, (24, 2000)))
+    est = ad.vm_kde_divergence(x, y)
+    target = 0.5 * sum(ad.smoothed_vm_divergence(0.0, 4.0, 0.4, 4.0, est.concentration))
+    err = est.ds.numpy() - target
+    assert abs(err.mean()) < 5 * err.std() / math.sqrt(err.size)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError):
+        ad.vm_kde_divergence(
+            torch.zeros(2, 10, dtype=torch.float64), torch.zeros(3, 10, dtype=torch.float64)
+        )
+    with pytest.raises(ValueError):
+        ad.vm_kde_divergence(
+            torch.full((1, 10), math.nan, dtype=torch.float64),
+            torch.zeros(1, 10, dtype=torch.float64),
+        )
+    with pytest.raises(ValueError):
+        ad.vm_kde_divergence(
+            torch.zeros(1, 10, dtype=torch.float64),
+            torch.zeros(1, 12, dtype=torch.float64),
+            paired=True,
+        )
+
+
+def test_histogram_jeffreys_is_twice_ds_on_histograms():
+    x = torch.tensor([[0.1, 0.2, 2.0, 2.1]], dtype=torch.float64)
+    assert ad.histogram_jeffreys(x, x).item() == 0.0
+
+
+# --- S^{d-1} k-NN ---------------------------------------------------------------------------
+
+
+def test_knn_sphere_null_and_identical(gen):
+    x = vmf.sample_uniform_sphere((16, 300), 3, gen)
+    y = vmf.sample_uniform_sphere((16, 300), 3, gen)
+    est = ad.knn_kl_sphere(x, y)
+    assert abs(est.mean().item()) < 4 * est.std().item() / 4
+    same = ad.knn_kl_sphere(x, x.clone())
+    assert torch.isfinite(same).all() and same.abs().max() < 0.01
+
+
+def test_knn_on_the_circle_agrees_in_d2(gen):
+    rng = np.random.default_rng(3)
+    a = torch.as_tensor(rng.vonmises(0.0, 2.0, (8, 800)))
+    b = torch.as_tensor(rng.vonmises(0.7, 2.0, (8, 800)))
+    circle = lambda t: torch.stack([t.cos(), t.sin()], -1)  # noqa: E731
+    est = ad.knn_kl_sphere(circle(a), circle(b))
+    true = ad.vmf_kl(2, [1.0, 0.0], 2.0, [math.cos(0.7), math.sin(0.7)], 2.0)
+    assert abs(est.mean().item() - true) < 4 * est.std().item() / math.sqrt(8) + 0.02
+
+
+# --- the toy ------------------------------------------------------------------------------
+
+
+def test_fourier_gradient_equals_autograd_of_symmetric_infonce(gen):
+    data = clip_toy.ToyData()
+    runs, batch, tau = 5, 48, 0.07
+    sigma = torch.linspace(0, 0.7, runs, dtype=torch.float64)
+    w = clip_toy.initial_weights(runs, gen)
+    x1, x2 = clip_toy.sample_pairs(data, sigma, batch, gen)
+    uniform = torch.full((runs, batch), 1.0 / batch, dtype=torch.float64)
+    g1, g2, value = clip_toy._encoder_gradient(
+        clip_toy.KernelExpansion(tau),
+        w[0],
+        w[1],
+        x1,
+        x2,
+        uniform,
+        uniform,
+        lambda z1, z2: (z2 / batch, z1 / batch),
+    )
+    a, b = w[0].clone().requires_grad_(), w[1].clone().requires_grad_()
+    z1, z2 = clip_toy.embed(a, x1), clip_toy.embed(b, x2)
+    loss = infonce.symmetric_infonce(z1, z2, z1, z2, tau, include_positive=False).mean(-1)
+    loss.sum().backward()
+    # truncation 1e-10 of the largest kernel value: relative gradient error well below 1e-8
+    assert torch.allclose(g1, a.grad, rtol=0, atol=1e-8 * a.grad.abs().max().item())
+    assert torch.allclose(g2, b.grad, rtol=0, atol=1e-8 * b.grad.abs().max().item())
+    assert torch.allclose(value + math.log(batch) + 1 / tau, loss.detach(), atol=1e-8)
+
+
+def test_sampler_matches_the_mixture_moments(gen):
+    theta = clip_toy.ToyData().sample_angles((200000,), gen)
+    expected = clip_toy.ToyData().fourier(3)
+    for k in (1, 2):
+        assert torch.cos(k * theta).mean().item() == pytest.approx(
+            expected[k], abs=5 / math.sqrt(2e5)
+        )
+
+
+def test_identical_init_and_inputs_keep_encoders_identical(gen):
+    sigma = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    w = clip_toy.initial_weights(2, gen, identical=True)
+    hist = clip_toy.train_sweep(
+        clip_toy.ToyData(), sigma, w, steps=5, generator=gen, identical_inputs=True
+    )
+    final = hist[5]
+    assert torch.equal(final[0], final[1])
+
+
+def test_sweep_runs_are_independent(gen):
+    """Run r of a batched sweep does not see the other runs: same draws, same result."""
+    data = clip_toy.ToyData()
+    sigma = torch.tensor([0.3, 0.3, 0.6], dtype=torch.float64)
+    w = clip_toy.initial_weights(3, gen)
+    w[:, 1] = w[:, 0]
+    g_a, g_b = torch.Generator(), torch.Generator()
+    g_a.manual_seed(7)
+    g_b.manual_seed(7)
+    full = clip_toy.train_sweep(data, sigma, w, steps=3, generator=g_a)[3]
+    changed = w.clone()
+    changed[:, 2] = 5.0
+    other = clip_toy.train_sweep(data, sigma, changed, steps=3, generator=g_b)[3]
+    assert torch.equal(full[:, :2], other[:, :2])
+
+
+def test_pushforward_density_integrates_to_one(gen):
+    w = clip_toy.initial_weights(3, gen)[0]
+    phi = torch.arange(8192, dtype=torch.float64) * (2 * math.pi / 8192)
+    q = clip_toy.pushforward_density(clip_toy.ToyData(), w, phi, torch.tensor([0.0, 0.2, 0.5]))
+    assert torch.allclose(q.mean(-1), torch.ones(3, dtype=torch.float64), atol=1e-6)
+
+
+def test_population_gradient_matches_finite_differences(gen):
+    data = clip_toy.ToyData()
+    sigma = torch.tensor([0.3], dtype=torch.float64)
+    grid = clip_toy.PopulationGrid(points=64)
+    theta, a, b = grid.laws(data, sigma)
+    x = torch.stack([theta.cos(), theta.sin()], -1).expand(1, -1, -1)
+    frequency = torch.arange(33, dtype=torch.float64)
+    wn = torch.exp(-0.5 * (frequency * sigma[:, None]) ** 2).unsqueeze(-1)
+    couple = lambda f: torch.fft.irfft(torch.fft.rfft(f, dim=1) * wn, n=64, dim=1)  # noqa: E731
+    pair = lambda z1, z2: (a.unsqueeze(-1) * couple(z2), couple(a.unsqueeze(-1) * z1))  # noqa: E731
+    exp = clip_toy.KernelExpansion(0.5)
+    w = clip_toy.initial_weights(1, gen)
+    g1, _, _ = clip_toy._encoder_gradient(exp, w[0], w[1], x, x, a, b, pair)
+    h = 1e-6
+    for i in range(2):
+        for j in range(2):
+            up, down = w[0].clone(), w[0].clone()
+            up[0, i, j] += h
+            down[0, i, j] -= h
+            f_up = clip_toy._encoder_gradient(exp, up, w[1], x, x, a, b, pair)[2]
+            f_down = clip_toy._encoder_gradient(exp, down, w[1], x, x, a, b, pair)[2]
+            assert ((f_up - f_down) / (2 * h)).item() == pytest.approx(
+                g1[0, i, j].item(), rel=1e-5, abs=1e-8
+            )
+
+
+# --- trend statistic ----------------------------------------------------------------------
+
+
+def test_jonckheere_terpstra_limits():
+    groups = np.repeat(np.arange(4), 5)
+    assert jonckheere_terpstra(np.arange(20.0), groups) > 4
+    assert jonckheere_terpstra(-np.arange(20.0), groups) < -4
+    assert jonckheere_terpstra(np.zeros(20), groups) == 0.0
+
+
+def test_jonckheere_terpstra_null_is_standard_normal():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(8), 6)
+    z = np.array([jonckheere_terpstra(rng.normal(size=48), groups) for _ in range(400)])
+    assert abs(z.mean()) < 0.2 and abs(z.std() - 1) < 0.12
+
+
+def test_batched_adam_matches_torch_adam():
+    grads = torch.randn(
+        5, 2, 3, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    start = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ours = clip_toy.BatchedAdam(start, 5e-3)
+    param = torch.nn.Parameter(start.clone())
+    opt = torch.optim.Adam([param], lr=5e-3)
+    for g in grads:
+        ours.step(g)
+        param.grad = g.clone()
+        opt.step()
+    assert torch.allclose(ours.param, param.detach(), rtol=0, atol=1e-15)
+
+
+def test_smallest_gap_search_only_lowers_the_gap(gen):
+    data = clip_toy.ToyData(input_noise=0.0)
+    sigma = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    start = torch.eye(2, dtype=torch.float64).expand(2, 2, 2) + 0.2 * torch.randn(
+        2, 2, 2, generator=gen, dtype=torch.float64
+    )
+    phi = torch.arange(2048, dtype=torch.float64) * (2 * math.pi / 2048)
+    eye = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
+
+    def gap(maps):
+        return clip_toy.symmetric_gap(
+            clip_toy.pushforward_density(data, eye, phi),
+            clip_toy.pushforward_density(data, maps, phi, sigma),
+        )
+
+    found = clip_toy.smallest_gap(data, sigma, start, steps=60)
+    assert torch.all(gap(found) < gap(start))
+    assert gap(found)[0] < 1e-3 * gap(start)[0]  # sigma = 0: the identity map closes the gap
