@@ -1,10 +1,11 @@
-"""nox sessions: verify (the certificate), tests (the harness's own tests), lint, bench.
+"""nox sessions: verify (the certificate), nightly, tests (the harness's own tests), lint, bench.
 
 Every session installs exactly the versions pinned in constraints.txt (torch 2.13.0
 CPU among them), so a certificate records the versions it was produced with.
 
     nox -s verify                      # quick profile, all claims, reports/certificate.*
     nox -s verify -- --profile full    # nightly profile; any `cgeom-verify run` option
+    nox -s nightly                     # what .github/workflows/nightly.yml runs
     nox -s tests                       # harness tests (what .ci/run calls)
 """
 
@@ -28,9 +29,18 @@ def verify(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
-def tests(session: nox.Session) -> None:
-    """The harness's own tests (statistics, plugin, certificate, CLI, kernels)."""
+def nightly(session: nox.Session) -> None:
+    """The nightly certification: the full profile of every claim (on CUDA when present)."""
     install(session)
+    session.run("cgeom-verify", "run", "--profile", "full", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The harness's own tests (statistics, plugin, certificate, report, CLI, kernels)."""
+    # PyYAML and check-jsonschema: test_nightly_workflow validates the workflow file;
+    # setuptools: test_example_plugin pip-installs tests/example_plugin without build isolation.
+    install(session, "PyYAML", "check-jsonschema", "setuptools")
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 

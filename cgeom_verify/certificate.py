@@ -8,6 +8,11 @@ Verdicts:
 * the certificate is PASS iff every claim is PASS, the run was not interrupted and
   every claim provider loaded; FAIL if any claim failed; INCOMPLETE otherwise.
 
+``selection`` records what was run (claim ids, extra providers, shard), so that a
+certificate can be replayed and shard certificates merged (:mod:`.replay`). The
+HTML report and the figures are rendered by :mod:`.report`, which also checks every
+certificate against the published JSON Schema before writing it.
+
 Files are written atomically (temporary file + ``os.replace``), and a run first
 writes an INCOMPLETE placeholder, so a killed run never leaves a PASS behind.
 """
@@ -33,9 +38,14 @@ __all__ = [
     "CertificateError",
     "build",
     "placeholder",
+    "selection_record",
+    "overall_verdict",
+    "claim_verdict",
     "write",
     "load",
     "render_markdown",
+    "atomic_write",
+    "counts",
     "summary_lines",
     "explain_failure",
 ]
@@ -107,7 +117,25 @@ def environment(run: RunConfig) -> dict:
 # -- building ---------------------------------------------------------------------------------
 
 
-def placeholder(run: RunConfig) -> dict:
+def selection_record(*, claims: list[str], providers=(), providers_only: bool = False,
+                     shard=None, items: list[str] | None = None) -> dict:
+    """What a run certified: enough to replay it, or to merge its shards.
+
+    ``claims`` are the resolved ids of the whole run (all shards); ``shard`` a
+    :class:`~cgeom_verify.shard.Shard` or None, with ``items`` every item key of the
+    run in canonical order (the split is recomputed from them when merging).
+    """
+    return {
+        "claims": list(claims),
+        "providers": list(providers),
+        "providers_only": bool(providers_only),
+        "shard": None if shard is None else {
+            "index": shard.index, "count": shard.count, "items": list(items or []),
+        },
+    }
+
+
+def placeholder(run: RunConfig, chosen: dict | None = None) -> dict:
     """What stands on disk while a run is in progress."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -115,12 +143,14 @@ def placeholder(run: RunConfig) -> dict:
         "reason": "run in progress, interrupted or killed",
         "created": datetime.now(UTC).isoformat(),
         "environment": environment(run),
+        "selection": chosen or selection_record(claims=[]),
         "claims": [],
         "problems": [],
     }
 
 
-def _claim_verdict(items: list[dict]) -> str:
+def claim_verdict(items: list[dict]) -> str:
+    """A claim's verdict from its items' verdicts (also used when merging shards)."""
     verdicts = {i["verdict"] for i in items}
     if not items:
         return "INCOMPLETE"
@@ -143,8 +173,10 @@ def build(
     interrupted: bool,
     collected: bool,
     wall_time_s: float,
+    selection: dict | None = None,
 ) -> dict:
     """Assemble the certificate from static claim data and the evidence that arrived."""
+    chosen = selection or selection_record(claims=[e.claim.id for e in entries])
     by_claim: dict[str, list[tuple[str, str]]] = {}
     for nodeid in expected:
         claim_id, key = nodeid.split("::")[-2:]
@@ -153,6 +185,8 @@ def build(
     claims = []
     for entry in entries:
         claim = entry.claim
+        if chosen["shard"] and claim.id not in by_claim:
+            continue  # all of this claim's items belong to other shards
         sections: dict[str, list[dict]] = {"obligations": [], "checks": [], "controls": []}
         wall = 0.0
         for nodeid, key in by_claim.get(claim.id, []):
@@ -170,24 +204,13 @@ def build(
             **claim.summary(),
             "source_package": entry.package,
             "module": entry.module,
-            "verdict": _claim_verdict(items),
+            "verdict": claim_verdict(items),
             "wall_time_s": wall,
             **sections,
         })
 
-    verdicts = {c["verdict"] for c in claims}
-    if "FAIL" in verdicts:
-        verdict, reason = "FAIL", "a claim failed"
-    elif interrupted:
-        verdict, reason = "INCOMPLETE", "the run was interrupted"
-    elif not collected or not claims:
-        verdict, reason = "INCOMPLETE", "no claim was collected"
-    elif problems:
-        verdict, reason = "INCOMPLETE", "a claim provider could not be loaded"
-    elif verdicts == {"PASS"}:
-        verdict, reason = "PASS", "every obligation proven, every check passed, every control rejected"
-    else:
-        verdict, reason = "INCOMPLETE", "an item errored or did not run"
+    verdict, reason = overall_verdict(claims, interrupted=interrupted, collected=collected,
+                                      problems=bool(problems))
     return {
         "schema_version": SCHEMA_VERSION,
         "verdict": verdict,
@@ -195,18 +218,44 @@ def build(
         "created": datetime.now(UTC).isoformat(),
         "wall_time_s": wall_time_s,
         "environment": environment(run),
+        "selection": chosen,
         "claims": claims,
         "problems": [p.__dict__ for p in problems],
     }
 
 
+def overall_verdict(claims: list[dict], *, interrupted: bool = False, collected: bool = True,
+                    problems: bool = False) -> tuple[str, str]:
+    """The certificate's verdict and its reason, from its claims and how the run went."""
+    verdicts = {c["verdict"] for c in claims}
+    if "FAIL" in verdicts:
+        return "FAIL", "a claim failed"
+    if interrupted:
+        return "INCOMPLETE", "the run was interrupted"
+    if not collected or not claims:
+        return "INCOMPLETE", "no claim was collected"
+    if problems:
+        return "INCOMPLETE", "a claim provider could not be loaded"
+    if verdicts == {"PASS"}:
+        return "PASS", "every obligation proven, every check passed, every control rejected"
+    return "INCOMPLETE", "an item errored or did not run"
+
+
 # -- files ------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what open() would have given (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, umask_mode(0o666))  # reports are for reading: CI artifacts, web servers
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -222,8 +271,8 @@ def write(cert: dict, directory: Path) -> None:
     directory = Path(directory)
     markdown = render_markdown(cert)  # render both first: a failure writes neither
     text = json.dumps(cert, indent=2, allow_nan=True) + "\n"
-    _atomic_write(directory / MARKDOWN_NAME, markdown)
-    _atomic_write(directory / JSON_NAME, text)
+    atomic_write(directory / MARKDOWN_NAME, markdown)
+    atomic_write(directory / JSON_NAME, text)
 
 
 def load(path: str | Path) -> dict:
@@ -250,19 +299,26 @@ def load(path: str | Path) -> dict:
 # -- rendering --------------------------------------------------------------------------------
 
 
-def _counts(claim: dict) -> tuple[str, str]:
+def counts(claim: dict) -> tuple[str, str]:
     checks = claim["checks"] + claim["obligations"]
     passed = sum(i["verdict"] == "PASS" for i in checks)
     rejected = sum(i.get("rejected", False) for i in claim["controls"])
     return f"{passed}/{len(checks)}", f"{rejected}/{len(claim['controls'])}"
 
 
+REFERENCE_WIDTH = 24
+
+
 def summary_lines(cert: dict) -> list[str]:
     lines = [f"verdict: {cert['verdict']} ({cert.get('reason', '')})"]
+    id_width = max((len(c["id"]) for c in cert["claims"]), default=0)
     for claim in cert["claims"]:
-        proven, rejected = _counts(claim)
+        proven, rejected = counts(claim)
+        reference = claim["reference"]
+        if len(reference) > REFERENCE_WIDTH:  # the full reference is in the Markdown and HTML
+            reference = reference[: REFERENCE_WIDTH - 1] + "…"
         lines.append(
-            f"  {claim['verdict']:<10} {claim['id']:<28} {claim['reference']:<16} "
+            f"  {claim['verdict']:<10} {claim['id']:<{id_width}} {reference:<{REFERENCE_WIDTH}} "
             f"checks+obligations {proven:>5}  controls rejected {rejected:>5}  "
             f"{claim.get('wall_time_s', 0.0):7.1f}s"
         )
@@ -296,7 +352,28 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def render_markdown(cert: dict) -> str:
+LATEX_RELATION = {"==": "=", ">": ">", ">=": r"\geq", "<": "<", "<=": r"\leq"}
+
+
+def run_scope(cert: dict) -> str:
+    """One line saying whether this is a shard, a merge of shards, or a whole run."""
+    shard = cert.get("selection", {}).get("shard")
+    if shard:
+        return (f"Shard {shard['index']}/{shard['count']} of a run of {len(shard['items'])} items: "
+                "merge the shards with `cgeom-verify merge` for the certificate.")
+    if cert.get("merged_from"):
+        return f"Merged from {len(cert['merged_from'])} shard certificates."
+    return ""
+
+
+def render_markdown(cert: dict, figures: dict | None = None) -> str:
+    """The Markdown report; ``figures`` maps (claim id, item key or None) to
+    ``[(title, relative path)]`` of PNG files written beside it (see :mod:`.report`)."""
+    figures = figures or {}
+
+    def images(claim_id, key, indent=""):
+        return [f"{indent}![{title}]({path})" for title, path in figures.get((claim_id, key), [])]
+
     env = cert["environment"]
     out = [
         "# cgeom-verify certificate",
@@ -309,7 +386,7 @@ def render_markdown(cert: dict) -> str:
         f"{env['device']['type']} ({env['device']['name']}), family-wise false-fail rate "
         f"{env['family_alpha']}, false-pass rate per decision {env['false_pass_rate']}. "
         f"Commit `{env['git']['commit']}`{' (dirty)' if env['git']['dirty'] else ''}. "
-        f"Created {cert['created']}.",
+        f"Created {cert['created']}. {run_scope(cert)}".rstrip(),
         "",
     ]
     if cert["claims"]:
@@ -318,7 +395,7 @@ def render_markdown(cert: dict) -> str:
             "|---|---|---|---|---|---|",
         ]
         for claim in cert["claims"]:
-            proven, rejected = _counts(claim)
+            proven, rejected = counts(claim)
             out.append(f"| `{claim['id']}` | {claim['reference']} | **{claim['verdict']}** | "
                        f"{proven} | {rejected} | {claim.get('wall_time_s', 0.0):.1f} s |")
         out.append("")
@@ -332,11 +409,13 @@ def render_markdown(cert: dict) -> str:
             out += ["Assumptions: " + "; ".join(claim["assumptions"]) + ".", ""]
         out.append(f"Source: `{claim['module']}` ({claim['source_package']}).")
         out.append("")
+        out += [*images(claim["id"], None), ""] if figures.get((claim["id"], None)) else []
         for ob in claim["obligations"]:
             out.append(f"- obligation **{ob['name']}**: {ob['verdict']}")
             for d in ob.get("derivations", []):
-                out.append(f"  - {d['statement']}: `{d['lhs']} {d['relation']} {d['rhs']}` "
-                           f"(residual `{d['residual']}`)")
+                # GitHub's inline math; the residual stays plain SymPy text.
+                math = f"{d['lhs_latex']} {LATEX_RELATION[d['relation']]} {d['rhs_latex']}"
+                out.append(f"  - {d['statement']}: $`{math}`$ (residual `{d['residual']}`)")
         for ch in claim["checks"]:
             decisions = ch.get("decisions", [])
             out.append(f"- check **{ch['name']}**: {ch['verdict']} — "
@@ -350,10 +429,12 @@ def render_markdown(cert: dict) -> str:
                            f"{_fmt(d['detectable'])}) {'ok' if d['passed'] else 'FAILED'}")
             if ch.get("error"):
                 out.append(f"  - error: {ch['error']}")
+            out += images(claim["id"], f"check: {ch['name']}", "  ")
         for co in claim["controls"]:
             if "rejected" in co:
                 state = "rejected" if co["rejected"] else "NOT rejected"
             else:
                 state = co["verdict"]
             out.append(f"- control **{co['name']}** (on check *{co.get('check', '?')}*): {state}")
+            out += images(claim["id"], f"control: {co['name']}", "  ")
     return "\n".join(out) + "\n"

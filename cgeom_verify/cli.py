@@ -2,21 +2,32 @@
 
 * ``cgeom-verify list`` — registered claims: id, paper reference, source package;
 * ``cgeom-verify run`` — certify: a thin wrapper over the pytest invocation
-  (``pytest -n WORKERS cgeom_verify/registry.py --cgeom-...``).
+  (``pytest -n WORKERS cgeom_verify/registry.py --cgeom-...``); ``--shard i/n`` runs
+  one of n shards of the claim items;
+* ``cgeom-verify replay CERT`` — re-run exactly what a certificate records and list
+  every verdict or number that differs (exit 1 if any);
+* ``cgeom-verify diff A B`` — compare two certificates (exit 1 if they differ);
+* ``cgeom-verify merge SHARD...`` — join shard certificates into one.
 
-Every user error (unknown claim id, bad profile, seed, device, worker count) is one
-line on stderr and exit status 2; never a traceback.
+Every user error (unknown claim id, bad profile, seed, device, worker count, shard,
+corrupt or foreign certificate, shards of different runs) is one line on stderr and
+exit status 2; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from . import registry
+from . import certificate, registry, replay, report
+from .certificate import CertificateError
 from .settings import PROFILES, ConfigError, RunConfig
+from .shard import Shard
 
 __all__ = ["main"]
 
@@ -49,7 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", default="reports", help="directory for the certificate")
     run.add_argument("--provider", action="append", default=[], help="extra provider module")
     run.add_argument("--providers-only", action="store_true", help="ignore installed providers")
+    run.add_argument("--shard", default="", help="i/n: run only the i-th of n shards of the items")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+    again = sub.add_parser("replay", help="re-run what a certificate records and compare")
+    again.add_argument("certificate", help="certificate.json to replay")
+    again.add_argument("--reports", default=None,
+                       help="directory for the new certificate (default: replay/ beside it)")
+    again.add_argument("--workers", default="auto", type=_workers, help="xdist workers")
+
+    compare = sub.add_parser("diff", help="compare two certificates: verdicts and numbers")
+    compare.add_argument("first")
+    compare.add_argument("second")
+
+    join = sub.add_parser("merge", help="join shard certificates (--shard i/n) into one")
+    join.add_argument("shards", nargs="+", help="the shard certificate.json files, 1/n to n/n")
+    join.add_argument("--reports", default="reports", help="directory for the merged certificate")
     return parser
 
 
@@ -75,6 +101,7 @@ def _run(args) -> int:
     except ValueError:
         raise ConfigError(f"alpha must be a number, got {args.alpha!r}") from None
     RunConfig(profile=args.profile, master_seed=seed, device=args.device, family_alpha=alpha)
+    shard = Shard.parse(args.shard)
     ids = [i.strip() for i in args.claims.split(",") if i.strip()]
     found = registry.discover(tuple(args.provider), installed=not args.providers_only)
     try:
@@ -98,6 +125,8 @@ def _run(args) -> int:
     argv += [f"--cgeom-provider={p}" for p in args.provider]
     if args.providers_only:
         argv.append("--cgeom-providers-only")
+    if shard:
+        argv.append(f"--cgeom-shard={shard}")
     if args.workers != "0":
         argv += ["-n", args.workers]
     # A child process: the claim modules imported above for validation must not be
@@ -105,11 +134,56 @@ def _run(args) -> int:
     return subprocess.run(argv + list(args.pytest_args), check=False).returncode
 
 
+def _replay(args) -> int:
+    source = Path(args.certificate)
+    recorded = replay.load(source)
+    reports = Path(args.reports) if args.reports else source.parent / "replay"
+    if (reports / certificate.JSON_NAME).resolve() == source.resolve():
+        raise ConfigError(f"--reports {reports} would overwrite the certificate being replayed")
+    argv = replay.replay_arguments(recorded, str(reports)) + ["--workers", args.workers]
+    print(f"replaying {source}: cgeom-verify {shlex.join(argv)}", flush=True)
+    started = time.time()
+    status = main(argv)
+    replayed = reports / certificate.JSON_NAME
+    if status == 2 or not replayed.exists() or replayed.stat().st_mtime < started:
+        print(f"cgeom-verify: error: the replay wrote no certificate (exit status {status})",
+              file=sys.stderr)
+        return 2
+    again = replay.load(replayed)
+    result = replay.diff(recorded, again)
+    print(f"recorded {recorded['verdict']} ({source}), replayed {again['verdict']} ({replayed}):")
+    for line in result.lines():
+        print(f"  {line}")
+    return 0 if result.identical else 1
+
+
+def _diff(args) -> int:
+    result = replay.diff(replay.load(args.first), replay.load(args.second))
+    for line in result.lines():
+        print(line)
+    return 0 if result.identical else 1
+
+
+def _merge(args) -> int:
+    target = Path(args.reports) / certificate.JSON_NAME
+    if any(Path(s).resolve() == target.resolve() for s in args.shards):
+        raise ConfigError(f"--reports {args.reports} would overwrite an input shard certificate")
+    merged = replay.merge([(s, replay.load(s)) for s in args.shards])
+    report.write_reports(merged, Path(args.reports))
+    for line in certificate.summary_lines(merged):
+        print(line)
+    print(f"written: {target}, {target.with_suffix('.md')}, {target.parent / report.HTML_NAME}")
+    return 0 if merged["verdict"] == "PASS" else 1
+
+
+COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _list(args) if args.command == "list" else _run(args)
-    except ConfigError as exc:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CertificateError) as exc:
         print(f"cgeom-verify: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,7 +4,7 @@ Data flow::
 
     registry (claims) --collect--> ClaimItem per obligation / check / control
         --run on an xdist worker--> evidence JSON in report.user_properties
-        --controller--> certificate.json + certificate.md under --cgeom-reports
+        --controller--> certificate.json + .md + .html (+ figures/) under --cgeom-reports
 
 The plugin is inert unless the collection anchor (``cgeom_verify/registry.py``) is
 among pytest's arguments; ``cgeom-verify run`` and ``nox -s verify`` pass it.
@@ -12,12 +12,13 @@ among pytest's arguments; ``cgeom-verify run`` and ``nox -s verify`` pass it.
 Hooks implemented here, and why:
 
 * ``pytest_addoption`` — the ``--cgeom-*`` options (profile, seed, device, claims,
-  alpha, reports directory).
+  alpha, reports directory, shard).
 * ``pytest_configure`` — validates them (a bad value is a ``UsageError``: one
   line, no traceback) and pins torch to one thread per process so CPU numbers are
   reproducible; parallelism comes from xdist.
 * ``pytest_pycollect_makemodule`` — turns the anchor file into the claim tree.
-* ``pytest_collection_finish`` — fixes the Bonferroni share of each check.
+* ``pytest_collection_finish`` — fixes the Bonferroni share of each check (over the
+  whole run when sharded: see :mod:`.shard`).
 
 :class:`CertificateWriter`, registered on the controller only, implements
 
@@ -39,10 +40,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import certificate, registry
+from . import certificate, registry, report
 from .claim import Check, Claim, Control, Obligation
 from .evidence import check_evidence, control_evidence, obligation_evidence
 from .settings import ConfigError, RunConfig
+from .shard import Shard, check_count, item_keys
 
 ANCHOR = Path(registry.__file__).resolve()
 EVIDENCE_KEY = "cgeom_evidence"
@@ -50,6 +52,7 @@ EVIDENCE_KEY = "cgeom_evidence"
 _config_key = pytest.StashKey[RunConfig]()
 _check_count_key = pytest.StashKey[int]()
 _selection_key = pytest.StashKey[list]()
+_shard_key = pytest.StashKey["Shard | None"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="extra claim provider module to import (repeatable)")
     group.addoption("--cgeom-providers-only", action="store_true",
                     help="ignore installed providers; certify only --cgeom-provider modules")
+    group.addoption("--cgeom-shard", default="",
+                    help="i/n: run only the i-th of n shards of the claim items (see merge)")
 
 
 def _certifying(config: pytest.Config) -> bool:
@@ -106,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         config.stash[_config_key] = _parse(config)
+        config.stash[_shard_key] = Shard.parse(config.getoption("cgeom_shard"))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     found = _discover(config)
@@ -143,8 +149,12 @@ class ClaimCollector(pytest.Collector):
         self.claim = claim
 
     def collect(self):
+        shard = self.config.stash.get(_shard_key, None)
+        _, selected = self.config.stash[_selection_key]
+        in_shard = set(shard.select(item_keys(e.claim for e in selected))) if shard else None
         for target in (*self.claim.obligations, *self.claim.checks, *self.claim.controls):
-            yield ClaimItem.from_parent(self, name=target.key, target=target)
+            if in_shard is None or f"{self.claim.id}::{target.key}" in in_shard:
+                yield ClaimItem.from_parent(self, name=target.key, target=target)
 
 
 class ClaimFailure(Exception):
@@ -178,13 +188,18 @@ class ClaimItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        return self.path, None, f"{self.target.claim.id}::{self.name}"
+        # No domain: pytest would print a dotted domain as a Python path ("prop3.1" as "prop3::1").
+        return self.path, None, ""
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Every process (each xdist worker too) sees the same items, so all agree on the
     # number of checks that share the family-wise budget.
     if _config_key in session.config.stash:
+        if session.config.stash.get(_shard_key, None):  # a shard's checks share the whole run's budget
+            _, selected = session.config.stash[_selection_key]
+            session.config.stash[_check_count_key] = check_count(e.claim for e in selected)
+            return
         items = [i for i in session.items if isinstance(i, ClaimItem)]
         session.config.stash[_check_count_key] = sum(isinstance(i.target, Check) for i in items)
 
@@ -206,8 +221,18 @@ class CertificateWriter:
         self.durations: dict[str, float] = {}
         self.certificate: dict | None = None
 
+    def _selection(self) -> dict:
+        _, entries = self.config.stash[_selection_key]
+        return certificate.selection_record(
+            claims=[e.claim.id for e in entries],
+            providers=self.config.getoption("cgeom_provider"),
+            providers_only=self.config.getoption("cgeom_providers_only"),
+            shard=self.config.stash.get(_shard_key, None),
+            items=item_keys(e.claim for e in entries),
+        )
+
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        certificate.write(certificate.placeholder(self.run), self.reports_dir)
+        report.write_reports(certificate.placeholder(self.run, self._selection()), self.reports_dir)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected = [i.nodeid for i in session.items if isinstance(i, ClaimItem)]
@@ -241,8 +266,9 @@ class CertificateWriter:
             interrupted=exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR),
             collected=self.expected is not None,
             wall_time_s=time.time() - self.started,
+            selection=self._selection(),
         )
-        certificate.write(cert, self.reports_dir)
+        report.write_reports(cert, self.reports_dir)
         self.certificate = cert
         if cert["verdict"] != "PASS" and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -255,5 +281,5 @@ class CertificateWriter:
             terminalreporter.write_line(line)
         terminalreporter.write_line(
             f"written: {self.reports_dir / certificate.JSON_NAME}, "
-            f"{self.reports_dir / certificate.MARKDOWN_NAME}"
+            f"{self.reports_dir / certificate.MARKDOWN_NAME}, {self.reports_dir / report.HTML_NAME}"
         )
