@@ -128,7 +128,9 @@ def _run(args) -> int:
     if shard:
         argv.append(f"--cgeom-shard={shard}")
     if args.workers != "0":
-        argv += ["-n", args.workers]
+        # worksteal: claim items differ in cost by 1000x; an idle worker takes queued items
+        # from a busy one instead of waiting while one worker runs the long tail.
+        argv += ["-n", args.workers, "--dist", "worksteal"]
     # A child process: the claim modules imported above for validation must not be
     # imported before pytest starts (assertion rewriting, clean interrupt handling).
     return subprocess.run(argv + list(args.pytest_args), check=False).returncode
