@@ -66,7 +66,7 @@ def log_kernel_volume(d: int, x) -> np.ndarray:
         raise ValueError("concentration x must be finite and non-negative")
     nu = d / 2.0 - 1.0
     safe = np.where(x > 0, x, 1.0)
-    direct = special.gammaln(d / 2.0) + nu * np.log(2.0 / safe) + _log_bessel_i(nu, safe)
+    direct = special.gammaln(d / 2.0) + nu * (np.log(2.0) - np.log(safe)) + _log_bessel_i(nu, safe)
     # ive underflows to 0 (log -> -inf) when x << nu; the series is exact and fast there.
     use_series = (x == 0) | ~np.isfinite(direct) | (x < 1e-3 * (nu + 1))
     if np.any(use_series):
