@@ -144,12 +144,14 @@ class CheckRun:
                xscale: str = "linear", yscale: str = "linear") -> None:
         """Publish a curve for the report (where a curve says more than a number).
 
-        ``series`` items are ``{"label", "x", "y"}`` with optional ``"yerr"`` (error bars
-        or band half-widths) and ``"style": "line" | "points" | "band"``; a predicted
+        ``series`` items are ``{"label", "x", "y"}`` with optional ``"yerr"`` (symmetric
+        error bars or band half-widths) or ``"lower"`` and ``"upper"`` (an asymmetric
+        interval, e.g. quartiles), and ``"style": "line" | "points" | "band"``; a predicted
         curve is just another series (e.g. ``"label": "theory: slope -1/2"``).
         """
         for s in series:
-            if len(s["x"]) != len(s["y"]) or ("yerr" in s and len(s["yerr"]) != len(s["y"])):
+            if ("lower" in s) != ("upper" in s) or any(
+                    len(s[key]) != len(s["y"]) for key in ("x", "yerr", "lower", "upper") if key in s):
                 raise ValueError(f"figure {title!r}: series {s.get('label')!r} has mismatched lengths")
         self.records.setdefault("figures", []).append({
             "title": title, "series": series, "xlabel": xlabel, "ylabel": ylabel,

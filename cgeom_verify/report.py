@@ -138,14 +138,15 @@ def _plot_figure(plt, spec: dict) -> bytes:
         x = series["x"]
         x = x if any(isinstance(v, str) for v in x) else _floats(x)
         y = _floats(series["y"])
-        yerr = _floats(series["yerr"]) if "yerr" in series else None
         label = series["label"]
+        bounds = _bounds(series, y)
+        yerr = None if bounds is None else [[a - b for a, b in zip(y, bounds[0], strict=True)],
+                                            [b - a for a, b in zip(y, bounds[1], strict=True)]]
         if style == "band":
-            if yerr is None:
-                raise ValueError(f"band series {label!r} needs yerr (its half-width)")
-            lower = [a - b for a, b in zip(y, yerr, strict=True)]
-            upper = [a + b for a, b in zip(y, yerr, strict=True)]
-            fill = ax.fill_between(x, lower, upper, alpha=0.25, label=label)
+            if bounds is None:
+                raise ValueError(f"band series {label!r} needs yerr (its half-width) "
+                                 "or lower and upper")
+            fill = ax.fill_between(x, *bounds, alpha=0.25, label=label)
             ax.plot(x, y, lw=1, color=fill.get_facecolor()[0][:3])
         elif style == "points":
             ax.errorbar(x, y, yerr=yerr, fmt="o", ms=4, capsize=2, label=label)
@@ -162,6 +163,17 @@ def _plot_figure(plt, spec: dict) -> bytes:
     if spec["series"]:
         ax.legend(fontsize=8)
     return _png(plt, fig)
+
+
+def _bounds(series: dict, y: list) -> tuple[list, list] | None:
+    """A series' error interval: ``lower``/``upper`` as given, or ``y -+ yerr``."""
+    if "lower" in series or "upper" in series:
+        return _floats(series["lower"]), _floats(series["upper"])
+    if "yerr" in series:
+        yerr = _floats(series["yerr"])
+        return ([a - b for a, b in zip(y, yerr, strict=True)],
+                [a + b for a, b in zip(y, yerr, strict=True)])
+    return None
 
 
 def _png(plt, fig) -> bytes:

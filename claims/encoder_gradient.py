@@ -61,6 +61,7 @@ import sympy
 import torch
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
+from cgeom_verify.figures import rate_series
 from cgeom_verify.kernels import encoder
 from cgeom_verify.settings import derive_seed
 
@@ -307,6 +308,14 @@ def _consistency_tests(run, problem_type) -> list:
             cosines.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1).cpu().numpy())
         tests += _rate_tests(run, i, np.asarray(levels, float), np.array(errors), np.array(cosines),
                              n_ref)
+    curves = [(f"example {i} ({s.critic}, tau={s.tau:.3g})", r["N"], r["mse"], r["mse_se"],
+               r["C"][0]) for i, s in enumerate(run.settings) if (r := run.records.get(f"example {i}"))]
+    series = rate_series(curves)
+    if curves:  # the streamed reference's own error, C/N_ref: far below every measured point
+        series.append({"label": "reference error C/N_ref", "x": [min(levels), max(levels)],
+                       "y": [1.0 / n_ref, 1.0 / n_ref]})
+    run.figure("theta-gradient MSE vs N in units of the fitted constant C", series,
+               xlabel="N (negatives)", ylabel="E|g_N - g_ref|^2 / C", xscale="log", yscale="log")
     return tests
 
 

@@ -58,6 +58,7 @@ import torch
 from scipy import optimize
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
+from cgeom_verify.figures import rate_series
 from cgeom_verify.kernels import infonce, partition, vmf
 
 # -- settings ---------------------------------------------------------------------------------
@@ -514,8 +515,12 @@ def gradient_tests(run, i: int, setting: BatchSetting) -> list:
     tests.append(stats.equal("N E|P_perp e|^2/(2|grad J|^2) -> a: a = A, the 1/N coefficient "
                              "of 1 - E cos", a_perp, a_perp_se, prediction.cosine_gap, example=i,
                              note=_note(fit_perp)))
+    # the whole curve, small N included, for the report's rate plot
+    curve, curve_se = stats.mean_se((1.0 + x[0])[:, None] ** 2 * sq_error, axis=-1)
     run.record(f"example {i}: gradient", {
         "batch sizes": list(design.sizes), "replicates": design.replicates,
+        "(1 + x)^2 E|grad_N - grad J|^2": curve.tolist(),
+        "(1 + x)^2 E|grad_N - grad J|^2 standard error": curve_se.tolist(),
         "predicted gradient constant": prediction.gradient_mse, "fitted gradient constant": a,
         "predicted cosine constant A": prediction.cosine_gap, "fitted cosine constant A": a_perp,
         **_cosine_record(design, sim.gradient, target, prediction.cosine_gap),
@@ -779,6 +784,21 @@ def _per_setting(tests_of):
     return check
 
 
+def _gradient_check(run):
+    """The gradient tests of every setting, and their MSE curves on one rate plot."""
+    tests = _per_setting(gradient_tests)(run)
+    curves = [(f"example {i} (d={s.d}, tau={s.tau:.3g})", r["batch sizes"],
+               r["(1 + x)^2 E|grad_N - grad J|^2"],
+               r["(1 + x)^2 E|grad_N - grad J|^2 standard error"],
+               r["predicted gradient constant"])
+              for i, s in enumerate(run.settings)
+              if (r := run.records.get(f"example {i}: gradient"))]
+    run.figure("gradient MSE vs N in units of the predicted constant C", rate_series(curves),
+               xlabel="N (negatives)", ylabel="(1 + x)^2 E|grad_N - grad J|^2 / C",
+               xscale="log", yscale="log")
+    return tests
+
+
 unimodal_value_check = unimodal_value.check(
     "bias and variance constants of L_N - log(N V) - J", settings=batch_settings(1),
     examples=EXAMPLES)(_per_setting(value_tests))
@@ -806,13 +826,13 @@ def spot_check(run):
 
 unimodal_gradient_check = unimodal_gradient.check(
     "gradient MSE and small-angle cosine constants", settings=batch_settings(1),
-    examples=EXAMPLES)(_per_setting(gradient_tests))
+    examples=EXAMPLES)(_gradient_check)
 multimodal_value_check = multimodal_value.check(
     "bias and variance constants of L_sym - log(N V) - J_mm", settings=batch_settings(2),
     examples=EXAMPLES)(_per_setting(value_tests))
 multimodal_gradient_check = multimodal_gradient.check(
     "gradient MSE and small-angle cosine constants of L_sym", settings=batch_settings(2),
-    examples=EXAMPLES)(_per_setting(gradient_tests))
+    examples=EXAMPLES)(_gradient_check)
 
 _WRONG_VOLUME = replace(SUBJECT, volume_temperature_factor=2.0)
 _NO_LOG_N = replace(SUBJECT, subtract_log_batch=False)

@@ -633,10 +633,12 @@ def authors_trend(run):
         "gap vs misalignment (authors' setting)",
         [
             {
-                "label": "median D_S (vM KDE)",
+                "label": "D_S (vM KDE): median and interquartile band",
                 "x": list(SIGMAS),
-                "y": [float(np.median(final[sweep.sigma == s])) for s in SIGMAS],
-                "style": "line",
+                **dict(zip(("lower", "y", "upper"), np.transpose(
+                    [np.quantile(final[sweep.sigma == s], [0.25, 0.5, 0.75]) for s in SIGMAS]
+                ).tolist(), strict=True)),
+                "style": "band",
             },
             {
                 "label": "median Jeffreys/2 (histogram)",

@@ -38,6 +38,7 @@ import torch
 from scipy import special
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
+from cgeom_verify.figures import rate_series
 from cgeom_verify.kernels import divergence_geometry as geo
 from cgeom_verify.kernels import floored_simplex, gibbs, quadrature, vmf
 
@@ -330,7 +331,7 @@ def heat_kernel_expansion():
 def sharpening_limit(run):
     batch = run.pick(Profiled(8, 32))
     taus = run.tensor(SHARPENING_TAUS)
-    tests = []
+    tests, curves = [], []
     for i, s in enumerate(run.settings):
         gen = run.generator(i)
         points, weights, _ = _grid(s.d, FINE[s.d], run.device)
@@ -346,11 +347,18 @@ def sharpening_limit(run):
         run.record(f"example {i}: sharpening", exponent["record"])
         usable = exponent["usable"]
         if usable.any():
+            j = int(usable.nonzero()[0, 0])  # the first pair whose first order dominates
+            curves.append((f"example {i} (S^{s.d - 1}, pair {j})", SHARPENING_TAUS,
+                           limit["error"][j].abs().tolist(), None,
+                           float(limit["leading"][j, 0].abs() / taus[0])))
             tests.append(_ratio_test(
                 "log-log slope of |smoothed - sharp| vs tau is 1: max |slope - 1| / derived bound",
                 exponent["slope"][usable] - 1.0, exponent["bound"][usable], i,
                 "bound sum_j |h_j| delta_j: h the OLS slope weights, delta_j the bracket in log"))
         tests.append(_divergence_persists(run, i, s, mixtures, log_q, weights, batch))
+    run.figure("|smoothed - sharp partition term| vs tau, in units of its first-order constant",
+               rate_series(curves, exponent=1.0, variable="tau"), xlabel="tau",
+               ylabel="|smoothed - sharp| / |c1|", xscale="log", yscale="log")
     return tests
 
 

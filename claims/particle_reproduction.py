@@ -236,6 +236,14 @@ def reproduces_authors(run):
          "trained_sem": float(sem[k]), "gibbs": float(gibbs_mass[k]),
          "difference": float(mean[k] - gibbs_mass[k]),
          "authors_seed0": AUTHORS_SEED0.get(tau)} for k, tau in enumerate(taus)])
+    theirs = sorted(t for t in taus if t in AUTHORS_SEED0)
+    run.figure("cap mass per tau: trained on the KDE surrogate vs the Gibbs measure", [
+        {"label": "Gibbs cap mass (quadrature)", "x": list(taus), "y": gibbs_mass.tolist()},
+        {"label": f"trained, mean ± s.e. of {design.seeds} seeds (h = {AUTHORS_BANDWIDTH:g})",
+         "style": "points", "x": list(taus), "y": mean.tolist(), "yerr": sem.tolist()},
+        {"label": "authors' seed-0 run", "style": "points", "x": theirs,
+         "y": [AUTHORS_SEED0[t][0] for t in theirs]},
+    ], xlabel="tau", ylabel="mass of the cap", xscale="log")
     return tests
 
 
@@ -339,6 +347,14 @@ def surrogate_regime(run):
         f"{h:g}": {"M": ms, **dict(zip(("a", "b", "a_se", "b_se"),
                                        map(float, (*fit.coef, *fit.standard_error)), strict=True))}
         for h, (fit, ms) in fits.items()})
+    largest = max(table)
+    run.figure(f"surrogate bias at tau = {BIAS_TAU:g} vs bandwidth, per particle count M", [
+        *({"label": f"M = {m}", "style": "points", "x": list(t), "y": [r["bias"] for r in t.values()],
+           "yerr": [r["bias_sem"] for r in t.values()]} for m, t in table.items()),
+        {"label": f"resolution delta_M, M = {largest}", "x": list(table[largest]),
+         "y": [r["resolution"] for r in table[largest].values()]},
+    ], xlabel=f"KDE bandwidth h (Gibbs width sqrt(tau) = {math.sqrt(BIAS_TAU):.3g})",
+        ylabel="trained - Gibbs cap mass")
     return tests + _trend_tests(table, fits, df)
 
 

@@ -58,7 +58,8 @@ FIGURE_PROVIDER = textwrap.dedent('''
                        + run.subject.bias).abs().mean()) for n in ns]
         slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
         run.figure("error vs N", [
-            {"label": "measured", "style": "points", "x": ns.tolist(), "y": errs},
+            {"label": "measured", "style": "points", "x": ns.tolist(), "y": errs,
+             "lower": (0.9 * np.array(errs)).tolist(), "upper": (1.2 * np.array(errs)).tolist()},
             {"label": "theory: slope -1/2", "x": ns.tolist(), "y": (0.8 / np.sqrt(ns)).tolist()},
             {"label": "band", "style": "band", "x": ns.tolist(), "y": (0.8 / np.sqrt(ns)).tolist(),
              "yerr": (0.1 / np.sqrt(ns)).tolist()},

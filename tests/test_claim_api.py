@@ -75,3 +75,19 @@ def test_a_broken_module_does_not_hide_its_siblings(tmp_path, monkeypatch):
     assert found.ids() == ["sibling-ok"]
     (problem,) = found.problems
     assert problem.provider == "mixed_provider.bad" and "half-written module" in problem.message
+
+
+def test_figure_series_lengths_are_checked():
+    import torch
+
+    from cgeom_verify.claim import CheckRun
+
+    run = CheckRun(settings=[], seeds=[], check_seed=0, subject=None, profile="quick",
+                   device=torch.device("cpu"))
+    run.figure("ok", [{"label": "q", "x": [1, 2], "y": [1, 2], "lower": [0, 1], "upper": [2, 3]}],
+               xlabel="x", ylabel="y")
+    assert run.records["figures"][0]["series"][0]["upper"] == [2, 3]
+    for bad in ({"yerr": [1]}, {"lower": [0, 1]}, {"lower": [0], "upper": [2, 3]}):
+        with pytest.raises(ValueError, match="mismatched lengths"):
+            run.figure("bad", [{"label": "b", "x": [1, 2], "y": [1, 2], **bad}],
+                       xlabel="x", ylabel="y")
