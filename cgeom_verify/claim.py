@@ -150,8 +150,10 @@ class CheckRun:
         curve is just another series (e.g. ``"label": "theory: slope -1/2"``).
         """
         for s in series:
-            if ("lower" in s) != ("upper" in s) or any(
-                    len(s[key]) != len(s["y"]) for key in ("x", "yerr", "lower", "upper") if key in s):
+            if ("lower" in s) != ("upper" in s):
+                raise ValueError(f"figure {title!r}: series {s.get('label')!r} needs both lower "
+                                 "and upper")
+            if any(len(s[key]) != len(s["y"]) for key in ("x", "yerr", "lower", "upper") if key in s):
                 raise ValueError(f"figure {title!r}: series {s.get('label')!r} has mismatched lengths")
         self.records.setdefault("figures", []).append({
             "title": title, "series": series, "xlabel": xlabel, "ylabel": ylabel,

@@ -167,7 +167,7 @@ def _plot_figure(plt, spec: dict) -> bytes:
 
 def _bounds(series: dict, y: list) -> tuple[list, list] | None:
     """A series' error interval: ``lower``/``upper`` as given, or ``y -+ yerr``."""
-    if "lower" in series or "upper" in series:
+    if "lower" in series:  # the schema and CheckRun.figure require upper with it
         return _floats(series["lower"]), _floats(series["upper"])
     if "yerr" in series:
         yerr = _floats(series["yerr"])

@@ -506,8 +506,9 @@ def gradient_tests(run, i: int, setting: BatchSetting) -> list:
                                                                     strict=True))]
     rows = slice(len(design.record_sizes), None)
     n = np.array(design.fit_sizes, dtype=np.float64)
-    mse, mse_se = stats.mean_se(scale[rows] * sq_error[rows], axis=-1)
-    a, a_se, fit = _intercept(n, mse, mse_se)
+    # every size's N-scaled MSE (the small ones for the report's rate plot); the fit uses its rows
+    scaled, scaled_se = stats.mean_se(scale * sq_error, axis=-1)
+    a, a_se, fit = _intercept(n, scaled[rows], scaled_se[rows])
     tests.append(stats.equal("N E|grad_N - grad J|^2 -> a: a = gradient constant", a, a_se,
                              prediction.gradient_mse, example=i, note=_note(fit)))
     perp, perp_se = stats.mean_se(scale[rows] * across[rows], axis=-1)
@@ -515,12 +516,10 @@ def gradient_tests(run, i: int, setting: BatchSetting) -> list:
     tests.append(stats.equal("N E|P_perp e|^2/(2|grad J|^2) -> a: a = A, the 1/N coefficient "
                              "of 1 - E cos", a_perp, a_perp_se, prediction.cosine_gap, example=i,
                              note=_note(fit_perp)))
-    # the whole curve, small N included, for the report's rate plot
-    curve, curve_se = stats.mean_se((1.0 + x[0])[:, None] ** 2 * sq_error, axis=-1)
     run.record(f"example {i}: gradient", {
         "batch sizes": list(design.sizes), "replicates": design.replicates,
-        "(1 + x)^2 E|grad_N - grad J|^2": curve.tolist(),
-        "(1 + x)^2 E|grad_N - grad J|^2 standard error": curve_se.tolist(),
+        "N (1 + x)^2 E|grad_N - grad J|^2": scaled.tolist(),
+        "N (1 + x)^2 E|grad_N - grad J|^2 standard error": scaled_se.tolist(),
         "predicted gradient constant": prediction.gradient_mse, "fitted gradient constant": a,
         "predicted cosine constant A": prediction.cosine_gap, "fitted cosine constant A": a_perp,
         **_cosine_record(design, sim.gradient, target, prediction.cosine_gap),
@@ -787,12 +786,14 @@ def _per_setting(tests_of):
 def _gradient_check(run):
     """The gradient tests of every setting, and their MSE curves on one rate plot."""
     tests = _per_setting(gradient_tests)(run)
-    curves = [(f"example {i} (d={s.d}, tau={s.tau:.3g})", r["batch sizes"],
-               r["(1 + x)^2 E|grad_N - grad J|^2"],
-               r["(1 + x)^2 E|grad_N - grad J|^2 standard error"],
-               r["predicted gradient constant"])
-              for i, s in enumerate(run.settings)
-              if (r := run.records.get(f"example {i}: gradient"))]
+    curves = []
+    for i, s in enumerate(run.settings):
+        if r := run.records.get(f"example {i}: gradient"):
+            n = np.asarray(r["batch sizes"], dtype=np.float64)
+            curves.append((f"example {i} (d={s.d}, tau={s.tau:.3g})", n,
+                           np.asarray(r["N (1 + x)^2 E|grad_N - grad J|^2"]) / n,
+                           np.asarray(r["N (1 + x)^2 E|grad_N - grad J|^2 standard error"]) / n,
+                           r["predicted gradient constant"]))
     run.figure("gradient MSE vs N in units of the predicted constant C", rate_series(curves),
                xlabel="N (negatives)", ylabel="(1 + x)^2 E|grad_N - grad J|^2 / C",
                xscale="log", yscale="log")

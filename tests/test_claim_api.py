@@ -87,7 +87,9 @@ def test_figure_series_lengths_are_checked():
     run.figure("ok", [{"label": "q", "x": [1, 2], "y": [1, 2], "lower": [0, 1], "upper": [2, 3]}],
                xlabel="x", ylabel="y")
     assert run.records["figures"][0]["series"][0]["upper"] == [2, 3]
-    for bad in ({"yerr": [1]}, {"lower": [0, 1]}, {"lower": [0], "upper": [2, 3]}):
-        with pytest.raises(ValueError, match="mismatched lengths"):
+    for bad, message in (({"yerr": [1]}, "mismatched lengths"),
+                         ({"lower": [0], "upper": [2, 3]}, "mismatched lengths"),
+                         ({"lower": [0, 1]}, "needs both lower and upper")):
+        with pytest.raises(ValueError, match=message):
             run.figure("bad", [{"label": "b", "x": [1, 2], "y": [1, 2], **bad}],
                        xlabel="x", ylabel="y")

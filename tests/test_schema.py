@@ -137,6 +137,8 @@ CHECK = ("claims", 0, "checks", 0)
     (_set((*CHECK, "decisions", 0, "passed"), "yes"), "decisions/0/passed: 'yes' is not of type"),
     (_set((*CHECK, "decisions", 0, "interval"), [0.1]), "decisions/0/interval: [0.1] is too short"),
     (_set((*CHECK, "records", "figures", 0, "xscale"), "loglog"), "figures/0/xscale: 'loglog' is not"),
+    (_set((*CHECK, "records", "figures", 0, "series", 0, "lower"), [0.5]),
+     "figures/0/series/0: 'upper' is a dependency of 'lower'"),
     (_set((*CHECK, "verdict"), "ERROR"), "at claims/0/checks/0: 'error' is a required property"),
     (_set((*CHECK, "kind"), "control"), "at claims/0/checks/0"),
     (_set(("selection", "shard"), {"index": 1}), "at selection/shard"),
