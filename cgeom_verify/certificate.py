@@ -175,12 +175,17 @@ def build(
     wall_time_s: float,
     selection: dict | None = None,
 ) -> dict:
-    """Assemble the certificate from static claim data and the evidence that arrived."""
+    """Assemble the certificate from static claim data and the evidence that arrived.
+
+    ``expected`` lists the canonical item keys ``<claim id>::<item key>``
+    (:func:`.shard.item_keys`) of the run; ``evidence``, ``errors`` and ``durations``
+    are keyed the same way.
+    """
     chosen = selection or selection_record(claims=[e.claim.id for e in entries])
     by_claim: dict[str, list[tuple[str, str]]] = {}
-    for nodeid in expected:
-        claim_id, key = nodeid.split("::")[-2:]
-        by_claim.setdefault(claim_id, []).append((nodeid, key))
+    for item in expected:
+        claim_id, key = item.split("::", 1)  # a claim id holds no ':'
+        by_claim.setdefault(claim_id, []).append((item, key))
 
     claims = []
     for entry in entries:
@@ -189,13 +194,13 @@ def build(
             continue  # all of this claim's items belong to other shards
         sections: dict[str, list[dict]] = {"obligations": [], "checks": [], "controls": []}
         wall = 0.0
-        for nodeid, key in by_claim.get(claim.id, []):
+        for item, key in by_claim.get(claim.id, []):
             kind, name = key.split(": ", 1)
-            wall += durations.get(nodeid, 0.0)
-            if nodeid in evidence:
-                record = evidence[nodeid]
-            elif nodeid in errors:
-                record = {"kind": kind, "name": name, "verdict": "ERROR", "error": errors[nodeid]}
+            wall += durations.get(item, 0.0)
+            if item in evidence:
+                record = evidence[item]
+            elif item in errors:
+                record = {"kind": kind, "name": name, "verdict": "ERROR", "error": errors[item]}
             else:
                 record = {"kind": kind, "name": name, "verdict": "NOT RUN"}
             sections[kind + "s"].append(record)

@@ -25,9 +25,16 @@ Hooks implemented here, and why:
 * ``pytest_sessionstart`` / ``pytest_sessionfinish`` — write an INCOMPLETE
   certificate first and the final one last, so an interrupted or killed run never
   leaves a PASS behind;
-* ``pytest_collection_finish`` / ``pytest_xdist_node_collection_finished`` — learn
-  the expected items (the controller does not collect under xdist);
-* ``pytest_runtest_logreport`` — gathers evidence and errors from every worker;
+* ``pytest_collection_finish`` / ``pytest_xdist_node_collection_finished`` — note
+  that collection happened (the controller does not collect under xdist);
+* ``pytest_runtest_logreport`` — gathers evidence and errors from every worker.
+
+Items are identified by their canonical key ``<claim id>::<item key>``
+(:func:`.shard.item_keys`), carried in each report's ``user_properties``, never by
+pytest's node id: the node id depends on the rootdir and on where the package is
+installed (a wheel in site-packages lies outside any user's rootdir), the key does
+not. The expected items come from the selection, not from what was collected, so an
+item that never reports is NOT RUN.
 * ``pytest_terminal_summary`` — prints the verdict table.
 """
 
@@ -48,6 +55,7 @@ from .shard import Shard, check_count, item_keys
 
 ANCHOR = Path(registry.__file__).resolve()
 EVIDENCE_KEY = "cgeom_evidence"
+ITEM_KEY = "cgeom_item"
 
 _config_key = pytest.StashKey[RunConfig]()
 _check_count_key = pytest.StashKey[int]()
@@ -165,6 +173,8 @@ class ClaimItem(pytest.Item):
     def __init__(self, *, target: Obligation | Check | Control, **kwargs):
         super().__init__(**kwargs)
         self.target = target
+        # Every report of this item (setup, call, teardown) carries its canonical key.
+        self.user_properties.append((ITEM_KEY, f"{target.claim.id}::{target.key}"))
 
     def _alpha(self) -> float:
         config = self.config.stash[_config_key]
@@ -215,7 +225,7 @@ class CertificateWriter:
         self.run = config.stash[_config_key]
         self.reports_dir = Path(config.getoption("cgeom_reports"))
         self.started = time.time()
-        self.expected: list[str] | None = None
+        self.collected = False
         self.evidence: dict[str, dict] = {}
         self.errors: dict[str, str] = {}
         self.durations: dict[str, float] = {}
@@ -234,23 +244,32 @@ class CertificateWriter:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         report.write_reports(certificate.placeholder(self.run, self._selection()), self.reports_dir)
 
+    def _expected(self) -> list[str]:
+        """The item keys this run (this shard of it) must produce evidence for."""
+        _, entries = self.config.stash[_selection_key]
+        keys = item_keys(e.claim for e in entries)
+        shard = self.config.stash.get(_shard_key, None)
+        return shard.select(keys) if shard else keys
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.expected = [i.nodeid for i in session.items if isinstance(i, ClaimItem)]
+        self.collected = True
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids) -> None:
-        if self.expected is None:
-            self.expected = [i for i in ids if i.split("::")[0].endswith(ANCHOR.name)]
+        self.collected = True
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
-        for key, value in report.user_properties:
-            if key == EVIDENCE_KEY:
-                self.evidence[report.nodeid] = json.loads(value)
-        if report.failed and report.nodeid not in self.evidence:
+        properties = dict(report.user_properties)
+        item = properties.get(ITEM_KEY)
+        if item is None:  # not a claim item (e.g. a user's own test collected alongside)
+            return
+        self.durations[item] = self.durations.get(item, 0.0) + report.duration
+        if EVIDENCE_KEY in properties:
+            self.evidence[item] = json.loads(properties[EVIDENCE_KEY])
+        if report.failed and item not in self.evidence:
             crash = getattr(report.longrepr, "reprcrash", None)
             message = crash.message if crash is not None else report.longreprtext.strip()
-            self.errors[report.nodeid] = f"{report.when}: {message.splitlines()[0] if message else 'error'}"
+            self.errors[item] = f"{report.when}: {message.splitlines()[0] if message else 'error'}"
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
@@ -258,13 +277,13 @@ class CertificateWriter:
         cert = certificate.build(
             entries=entries,
             problems=found.problems,
-            expected=self.expected or [],
+            expected=self._expected(),
             evidence=self.evidence,
             errors=self.errors,
             durations=self.durations,
             run=self.run,
             interrupted=exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR),
-            collected=self.expected is not None,
+            collected=self.collected,
             wall_time_s=time.time() - self.started,
             selection=self._selection(),
         )

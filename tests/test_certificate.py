@@ -10,7 +10,7 @@ from cgeom_verify.registry import ProviderProblem, RegisteredClaim
 from cgeom_verify.settings import RunConfig
 
 RUN = RunConfig(device="cpu")
-NODE = "cgeom_verify/registry.py::c1::"
+NODE = "c1::"  # canonical item keys: <claim id>::<item key>
 
 
 def _build(evidence=None, errors=None, expected=None, problems=(), interrupted=False):

@@ -2,14 +2,15 @@
 
 The example package (and two broken ones written here: one that fails to import, one
 that reuses the example's claim id and, sorting after it, is the one refused) are
-pip-installed into a directory put on the
-path of the commands run below, which is how the session's environment would see
-them; the interpreter running the tests is left untouched, so concurrent tests (and
-other work on the machine) never see these claims.
+pip-installed into a directory put on the path of the commands run below, next to
+the harness itself installed from its wheel (:mod:`tests._installed`), and the
+commands run in an unrelated temporary directory: this is how a third party who
+pip-installs the harness and a claim package runs them. The interpreter running the
+tests is left untouched, so concurrent tests (and other work on the machine) never
+see these claims.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _installed import ROOT, harness_site, run_installed, shared_dir
 from filelock import FileLock
 
-from cgeom_verify import registry
-
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "tests" / "example_plugin"
 CLAIM = "example-uniform-variance"
 
@@ -56,8 +55,7 @@ def _package(root: Path, dist: str, source: str) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """pip-install the example and the broken plugins once per session: PYTHONPATH for them."""
-    base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "plugins"
+    shared = shared_dir(tmp_path_factory.getbasetemp()) / "plugins"
     shared.mkdir(exist_ok=True)
     with FileLock(str(shared) + ".lock"):
         target = shared / "site"
@@ -72,13 +70,11 @@ def site(tmp_path_factory):
                 capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stdout + result.stderr
             (shared / "installed").write_text("")
-    return target
+    return [target, harness_site(tmp_path_factory.getbasetemp())]
 
 
 def _python(site, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_installed(site, *args, cwd=cwd)
 
 
 def test_list_names_the_plugin_claim_its_package_and_the_broken_plugins(site, tmp_path):
@@ -94,9 +90,8 @@ def test_list_names_the_plugin_claim_its_package_and_the_broken_plugins(site, tm
 
 
 def test_certificate_includes_the_plugin_claim_and_reports_the_broken_ones(site, tmp_path):
-    # what `cgeom-verify run` / `nox -s verify` run, minus the second interpreter start
-    result = _python(site, "-m", "pytest", registry.__file__, f"--cgeom-claims={CLAIM}",
-                     "--cgeom-reports=out", "-p", "no:cacheprovider", cwd=tmp_path)
+    result = _python(site, "-m", "cgeom_verify.cli", "run", f"--claims={CLAIM}", "--workers=2",
+                     "--reports=out", cwd=tmp_path)
     cert = json.loads((tmp_path / "out" / "certificate.json").read_text())
     (claim,) = cert["claims"]
     assert claim["id"] == CLAIM and claim["source_package"] == "cgeom-example-claims"
