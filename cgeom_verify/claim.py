@@ -16,10 +16,11 @@ three kinds of evidence producers to it::
         return Derivation("d/dx log V_d = A_d", lhs, rhs)
 
     @consistency.check("N-scaled bias -> -c/2", settings=vmf_settings(),
-                       examples=Profiled(quick=3, full=12))
+                       examples=Profiled(quick=3, full=12), min_applicable=Profiled(3, 10))
     def scaled_bias(run):
         ...                            # batched torch Monte Carlo
-        return [stats.equal("intercept", a, se, -c / 2, example=i)]
+        margin = stats.relative_margin(c / 2, run.relative_discrepancy)
+        return [stats.equivalent("intercept", a, se, -c / 2, margin=margin, example=i)]
 
     consistency.control("wrong kernel volume", check=scaled_bias,
                         mutant=replace(InfoNCE(), volume_temperature_factor=2.0))
@@ -27,9 +28,12 @@ three kinds of evidence producers to it::
 * An **obligation** returns :class:`Derivation` objects; the harness simplifies
   ``lhs - rhs`` with SymPy and records both expressions.
 * A **check** receives a :class:`CheckRun` (the Hypothesis-drawn settings, a seed per
-  setting, the device, the profile and the subject) and returns
-  :class:`~cgeom_verify.stats.Test` objects; the harness decides them at the check's
-  share of the family-wise budget.
+  setting, the device, the profile, the subject and the design: the check's share
+  of the false-fail budget, the false-pass rate and the relative discrepancy every
+  decision must resolve) and returns :class:`~cgeom_verify.stats.Test` objects, each
+  with its designed discrepancy; the harness decides them at the check's share of
+  the family-wise budget. Fewer applicable settings than the check's
+  ``min_applicable`` is not a PASS.
 * A **control** runs a check on a mutant subject; it is *rejected*, as it must be,
   when that check FAILS.
 
@@ -106,9 +110,22 @@ class Derivation:
         }
 
 
+#: The discrepancy every decision must resolve, relative to its target, unless the
+#: claim states why another size is the meaningful one (issue: designed power).
+RELATIVE_DISCREPANCY = Profiled(quick=0.10, full=0.03)
+
+
 @dataclass
 class CheckRun:
-    """What a numeric check works with: settings, seeds, device, profile and subject."""
+    """What a numeric check works with: settings, seeds, device, profile, subject and design.
+
+    The design is fixed before any sample is drawn: ``false_fail_rate`` is the
+    check's share of the certificate's family-wise budget (split evenly over its
+    decisions: :meth:`decision_false_fail_rate`), ``false_pass_rate`` the
+    probability a decision may pass an error of its designed size, and
+    ``relative_discrepancy`` that size relative to the target (10 % quick, 3 % full).
+    Sample sizes come from these through :func:`~cgeom_verify.stats.min_num_samples`.
+    """
 
     settings: list
     seeds: list[int]
@@ -117,6 +134,8 @@ class CheckRun:
     profile: str
     device: torch.device
     dtype: torch.dtype = torch.float64
+    false_fail_rate: float = 0.01
+    false_pass_rate: float = 0.05
     #: free-form numbers a check wants in the certificate (tables, reproductions).
     records: dict = field(default_factory=dict)
     #: settings found outside the claim's assumptions: recorded, never counted as a pass.
@@ -125,6 +144,14 @@ class CheckRun:
     def pick(self, value: Profiled | Any) -> Any:
         """The profile's value of a :class:`Profiled`, or ``value`` itself."""
         return value[self.profile] if isinstance(value, Profiled) else value
+
+    @property
+    def relative_discrepancy(self) -> float:
+        return RELATIVE_DISCREPANCY[self.profile]
+
+    def decision_false_fail_rate(self, decisions: int) -> float:
+        """Each decision's false-fail rate when the check returns ``decisions`` tests."""
+        return self.false_fail_rate / max(int(decisions), 1)
 
     def generator(self, example: int | None = None) -> torch.Generator:
         """A torch generator on the run's device, seeded for one example (or the check)."""
@@ -187,6 +214,8 @@ class Check:
     func: Callable[[CheckRun], Sequence[Test]]
     settings: SearchStrategy
     examples: Profiled
+    #: fewer settings inside the assumptions than this is not a PASS
+    min_applicable: Profiled
 
     @property
     def key(self) -> str:
@@ -241,17 +270,24 @@ class Claim:
 
         return register
 
-    def check(self, name: str, *, settings: SearchStrategy, examples: Profiled):
+    def check(self, name: str, *, settings: SearchStrategy, examples: Profiled,
+              min_applicable: Profiled | None = None):
         """Decorator: a numeric check ``func(run: CheckRun) -> list[Test]``.
 
         ``settings`` is a Hypothesis strategy for one setting (a JSON-serialisable
-        dataclass or dict); ``examples`` how many settings each profile draws.
+        dataclass or dict); ``examples`` how many settings each profile draws;
+        ``min_applicable`` how many of them must lie inside the assumptions for the
+        check to PASS (default: all of them).
         Returns the :class:`Check`, so controls can name it.
         """
 
         def register(func):
             self._check_name(name)
-            check = Check(self, name, func, settings, examples)
+            floor = examples if min_applicable is None else min_applicable
+            for profile in ("quick", "full"):
+                if not 1 <= floor[profile] <= examples[profile]:
+                    raise ValueError(f"{self.id}: check {name!r} needs 1 <= min_applicable <= examples")
+            check = Check(self, name, func, settings, examples, floor)
             self.checks.append(check)
             return check
 

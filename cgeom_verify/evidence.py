@@ -4,10 +4,13 @@ Evidence is what travels from an xdist worker to the controller and what the
 certificate stores. Each record has a ``verdict``:
 
 * obligation: ``PASS`` iff every derivation is proven by SymPy;
-* check: ``PASS`` iff every decision passes at the check's alpha; ``NOT APPLICABLE``
-  if every setting was outside the claim's assumptions (no decision at all);
-* control: ``PASS`` iff the check, run on the mutant, FAILS or finds it outside the
-  assumptions (the mutant is rejected).
+* check: ``FAIL`` if any decision fails; ``NOT APPLICABLE`` if every setting was
+  outside the claim's assumptions (no decision at all); ``UNDERPOWERED`` if a
+  decision missed its designed power or fewer settings than the check's
+  ``min_applicable`` were inside the assumptions; else ``PASS``;
+* control: ``PASS`` iff the check, run on the mutant, does not PASS (the mutant is
+  rejected), with the reason: it failed, it was outside the assumptions, or the
+  check's design did not hold for it (underpowered).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
         subject=subject,
         profile=config.profile,
         device=config.torch_device(),
+        false_fail_rate=alpha,
+        false_pass_rate=config.false_pass_rate,
     )
     tests = check.func(run)
     if not isinstance(tests, Sequence) or not all(isinstance(t, Test) for t in tests):
@@ -66,23 +71,39 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
     if not tests and not run.outside_assumptions:
         raise CheckError(f"check {check.name!r} returned no test and no not-applicable record")
     # Bonferroni within the check: its share of the family budget, split evenly.
-    per_test = alpha / max(len(tests), 1)
+    per_test = run.decision_false_fail_rate(len(tests))
     decisions = [t.decide(per_test, config.false_pass_rate).to_json() for t in tests]
-    passed = all(d["passed"] for d in decisions)
+    outside = {r["example"] for r in run.outside_assumptions}
+    applicable = 0 if None in outside else count - len(outside)
+    floor = check.min_applicable[config.profile]
     return {
         "claim": claim_id,
         "check": check.name,
-        "alpha": alpha,
-        "alpha_per_decision": per_test,
+        "false_fail_rate": alpha,
+        "false_fail_rate_per_decision": per_test,
         "false_pass_rate": config.false_pass_rate,
+        "relative_discrepancy": run.relative_discrepancy,
+        "applicable": {"settings": count, "inside_assumptions": applicable, "required": floor,
+                       "not_applicable_fraction": (count - applicable) / count if count else 0.0},
         "check_seed": run.check_seed,
         "examples": [{"setting": s, "seed": seed} for s, seed in zip(settings_json, seeds, strict=True)],
         "decisions": decisions,
         "records": run.records,
         "outside_assumptions": run.outside_assumptions,
-        "outcome": "NOT APPLICABLE" if not decisions else ("PASS" if passed else "FAIL"),
+        "outcome": _outcome(decisions, applicable, floor),
         "wall_time_s": time.perf_counter() - started,
     }
+
+
+def _outcome(decisions: list[dict], applicable: int, floor: int) -> str:
+    outcomes = {d["outcome"] for d in decisions}
+    if "FAIL" in outcomes:
+        return "FAIL"
+    if not decisions:
+        return "NOT APPLICABLE"
+    if "UNDERPOWERED" in outcomes or applicable < floor:
+        return "UNDERPOWERED"
+    return "PASS"
 
 
 def check_evidence(check: Check, config: RunConfig, alpha: float) -> dict:
@@ -101,6 +122,7 @@ def control_evidence(control: Control, config: RunConfig, alpha: float) -> dict:
         "description": control.description,
         "rejected": rejected,
         "rejected_because": {"FAIL": "check failed", "NOT APPLICABLE": "outside the assumptions",
+                             "UNDERPOWERED": "the check's design does not hold for the mutant",
                              "PASS": None}[result["outcome"]],
         "verdict": "PASS" if rejected else "FAIL",
     }
