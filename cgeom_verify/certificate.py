@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .claim import RELATIVE_DISCREPANCY
 from .registry import ProviderProblem, RegisteredClaim
 from .settings import RunConfig
 
@@ -50,7 +51,7 @@ __all__ = [
     "explain_failure",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JSON_NAME = "certificate.json"
 MARKDOWN_NAME = "certificate.md"
 PINNED = ("torch", "sympy", "numpy", "scipy", "hypothesis", "pytest", "pytest-xdist", "mpmath")
@@ -109,8 +110,10 @@ def environment(run: RunConfig) -> dict:
         "master_seed": run.master_seed,
         "family_alpha": run.family_alpha,
         "false_pass_rate": run.false_pass_rate,
-        "alpha_split": "Bonferroni: family_alpha / number of checks, then evenly over each "
-        "check's decisions; a control runs at its check's level",
+        "relative_discrepancy": {"quick": RELATIVE_DISCREPANCY.quick, "full": RELATIVE_DISCREPANCY.full},
+        "alpha_split": "Bonferroni: family_alpha (the false-fail rate: P(not PASS) when every claim "
+        "holds) / number of checks, then evenly over each check's decisions; a control runs at its "
+        "check's level. false_pass_rate is per decision: P(PASS) at its designed discrepancy",
     }
 
 
@@ -243,6 +246,9 @@ def overall_verdict(claims: list[dict], *, interrupted: bool = False, collected:
         return "INCOMPLETE", "a claim provider could not be loaded"
     if verdicts == {"PASS"}:
         return "PASS", "every obligation proven, every check passed, every control rejected"
+    underpowered = any(i.get("verdict") == "UNDERPOWERED" for c in claims for i in c["checks"])
+    if underpowered:
+        return "INCOMPLETE", "a check missed its designed power or its floor of applicable settings"
     return "INCOMPLETE", "an item errored or did not run"
 
 
@@ -341,12 +347,17 @@ def explain_failure(evidence: dict) -> str:
         return (f"negative control {evidence['name']!r} was NOT rejected: check "
                 f"{evidence['check']!r} passed on the mutant ({evidence['description']})")
     failed = [d for d in evidence["decisions"] if not d["passed"]]
-    lines = [f"{len(failed)} of {len(evidence['decisions'])} decisions failed "
-             f"(alpha per decision {evidence['alpha_per_decision']:.2e}):"]
+    lines = [f"{len(failed)} of {len(evidence['decisions'])} decisions did not pass "
+             f"(false-fail rate per decision {evidence['false_fail_rate_per_decision']:.2e}):"]
+    applicable = evidence["applicable"]
+    if applicable["inside_assumptions"] < applicable["required"]:
+        lines.append(f"  only {applicable['inside_assumptions']} of {applicable['settings']} settings "
+                     f"inside the assumptions, {applicable['required']} required")
     for d in failed[:8]:
         setting = evidence["examples"][d["example"]] if d["example"] is not None else None
         lines.append(
-            f"  {d['name']}: estimate {d['estimate']:.6g} +- {d['standard_error']:.3g}, "
+            f"  {d['outcome']} {d['name']}: estimate {d['estimate']:.6g} +- {d['standard_error']:.3g}, "
+            f"designed {d['designed']:.3g}, achieved detectable {d['detectable']:.3g}, "
             f"target {d['target']:.6g}, interval [{d['interval'][0]:.6g}, {d['interval'][1]:.6g}]"
             + (f", setting {json.dumps(setting['setting'])}, seed {setting['seed']}" if setting else "")
         )
@@ -424,14 +435,16 @@ def render_markdown(cert: dict, figures: dict | None = None) -> str:
         for ch in claim["checks"]:
             decisions = ch.get("decisions", [])
             out.append(f"- check **{ch['name']}**: {ch['verdict']} — "
-                       f"{sum(d['passed'] for d in decisions)}/{len(decisions)} decisions at alpha "
-                       f"{_fmt(ch.get('alpha_per_decision', float('nan')))} each, "
+                       f"{sum(d['passed'] for d in decisions)}/{len(decisions)} decisions at false-fail "
+                       f"rate {_fmt(ch.get('false_fail_rate_per_decision', float('nan')))} each, "
                        f"{len(ch.get('examples', []))} settings")
-            worst = sorted(decisions, key=lambda d: d["p_value"])[:3]
+            worst = sorted(decisions, key=lambda d: (d["passed"], -d["detectable"] / d["designed"]
+                                                     if d["designed"] > 0 else 0.0))[:3]
             for d in worst:
-                out.append(f"  - {d['name']}: {_fmt(d['estimate'])} ± {_fmt(d['standard_error'])} "
-                           f"vs {_fmt(d['target'])} (p = {_fmt(d['p_value'])}, detects "
-                           f"{_fmt(d['detectable'])}) {'ok' if d['passed'] else 'FAILED'}")
+                out.append(f"  - {d['name']} ({d['kind']}): {_fmt(d['estimate'])} ± "
+                           f"{_fmt(d['standard_error'])} vs {_fmt(d['target'])} (designed "
+                           f"{_fmt(d['designed'])}, achieved {_fmt(d['detectable'])}) "
+                           f"{'ok' if d['passed'] else d['outcome']}")
             if ch.get("error"):
                 out.append(f"  - error: {ch['error']}")
             out += images(claim["id"], f"check: {ch['name']}", "  ")
