@@ -39,7 +39,8 @@ def test_planned_sample_size_meets_the_design_with_an_estimated_standard_error()
     n = stats.min_num_samples(SIGMA, 0.2, FF, FP, kind="equivalent")
     rng = np.random.default_rng(1)
     means, ses = stats.mean_se(rng.normal(0.0, SIGMA, (EXPERIMENTS, n)))
-    decisions = [stats.equivalent("m", m, se, 0.0, margin=0.2).decide(FF, FP) for m, se in zip(means, ses)]
+    decisions = [stats.equivalent("m", m, se, 0.0, margin=0.2).decide(FF, FP)
+                 for m, se in zip(means, ses, strict=True)]
     assert sum(d.outcome == "UNDERPOWERED" for d in decisions) <= 2
     se = SIGMA / math.sqrt(n)  # the false-fail rate at the planned n: below FF, as designed
     _assert_rate(sum(d.outcome == "FAIL" for d in decisions), EXPERIMENTS,
