@@ -382,6 +382,45 @@ def run_scope(cert: dict) -> str:
     return ""
 
 
+def power_rows(cert: dict) -> list[dict]:
+    """Per check: its decision kinds, the designed discrepancy relative to the target (the
+    smallest), the worst achieved/designed ratio (> 1 is UNDERPOWERED) and the N/A fraction."""
+    rows = []
+    for claim in cert["claims"]:
+        for check in claim["checks"]:
+            decisions = [d for d in check.get("decisions", []) if d["kind"] not in ("bound", "demonstrate")]
+            relative = [d["designed"] / abs(d["target"]) for d in decisions if d["target"]]
+            ratios = [d["detectable"] / d["designed"] for d in decisions]
+            rows.append({
+                "claim": claim["id"], "check": check["name"], "verdict": check["verdict"],
+                "kinds": sorted({d["kind"] for d in check.get("decisions", [])}),
+                "designed_relative": min(relative) if relative else None,
+                "achieved_over_designed": max(ratios) if ratios else None,
+                "not_applicable_fraction": check.get("applicable", {}).get("not_applicable_fraction"),
+            })
+    return rows
+
+
+def power_table(cert: dict) -> list[str]:
+    """The Markdown table of :func:`power_rows`."""
+    rows = power_rows(cert)
+    if not rows:
+        return []
+    out = ["### Designed power", "",
+           "Per check: the smallest designed discrepancy relative to its target, and the worst "
+           "achieved detectable / designed (above 1: UNDERPOWERED). Bounds and exact tests are "
+           "listed by kind only.", "",
+           "| claim | check | kinds | designed (rel.) | worst achieved / designed | N/A | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = "—" if r["designed_relative"] is None else f"{r['designed_relative']:.3g}"
+        ratio = "—" if r["achieved_over_designed"] is None else f"{r['achieved_over_designed']:.3g}"
+        na = "—" if r["not_applicable_fraction"] is None else f"{r['not_applicable_fraction']:.0%}"
+        out.append(f"| `{r['claim']}` | {r['check']} | {', '.join(r['kinds'])} | {rel} | {ratio} | {na} | "
+                   f"{r['verdict']} |")
+    return out + [""]
+
+
 def render_markdown(cert: dict, figures: dict | None = None) -> str:
     """The Markdown report; ``figures`` maps (claim id, item key or None) to
     ``[(title, relative path)]`` of PNG files written beside it (see :mod:`.report`)."""
@@ -415,6 +454,7 @@ def render_markdown(cert: dict, figures: dict | None = None) -> str:
             out.append(f"| `{claim['id']}` | {claim['reference']} | **{claim['verdict']}** | "
                        f"{proven} | {rejected} | {claim.get('wall_time_s', 0.0):.1f} s |")
         out.append("")
+        out += power_table(cert)
     for problem in cert.get("problems", []):
         out.append(f"- **Provider problem** `{problem['provider']}` ({problem['package']}): "
                    f"{problem['message']}")
