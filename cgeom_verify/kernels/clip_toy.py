@@ -125,8 +125,12 @@ def sample_pairs(
     """``n`` input pairs for every run: ``x1, x2 [R, n, 2]`` (``sigma [R]`` per run).
 
     ``identical_inputs`` feeds the first modality's inputs to both encoders (a control:
-    then the pairs carry no misalignment at all, whatever sigma says).
+    then the pairs carry no misalignment at all, whatever sigma says). ``sigma`` must be on the
+    generator's device, where the pairs are drawn.
     """
+    if sigma.device.type != generator.device.type:
+        raise ValueError(f"sample_pairs: sigma is on {sigma.device}, the generator on "
+                         f"{generator.device}; make both on the run's device")
     runs = sigma.shape[0]
     theta = data.sample_angles((runs, n), generator)
     x1 = _circle(theta) + data.input_noise * _randn((runs, n, 2), generator)
