@@ -195,10 +195,12 @@ def _sweep(
     seed: int,
     estimator: GapEstimator,
     trajectory: bool,
+    device: torch.device,
 ) -> Sweep:
-    gen = torch.Generator()
+    gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    sigma = torch.tensor(setting.sigmas, dtype=torch.float64).repeat_interleave(seeds)
+    sigma = torch.tensor(setting.sigmas, dtype=torch.float64, device=device)
+    sigma = sigma.repeat_interleave(seeds)
     data = setting.data()
     weights = clip_toy.initial_weights(sigma.numel(), gen, identical=(init == "identical"))
     checkpoints = tuple(steps * i // 4 for i in range(1, 4)) if trajectory else ()
@@ -220,7 +222,7 @@ def _sweep(
     for step in order:
         w = history[step]
         a, b = clip_toy.embedding_angles(w[0], x1), clip_toy.embedding_angles(w[1], x2)
-        gaps.append(estimator.divergences(a, b, paired=True)[0].numpy())
+        gaps.append(estimator.divergences(a, b, paired=True)[0].cpu().numpy())
     final = history[order[-1]]
     a, b = clip_toy.embedding_angles(final[0], x1), clip_toy.embedding_angles(final[1], x2)
     z1, z2 = clip_toy.embed(final[0], x1), clip_toy.embed(final[1], x2)
@@ -230,18 +232,19 @@ def _sweep(
     )
     pair_cos = (z1 * z2).sum(-1)
     trials = 2 * (setting.eval_pairs // setting.batch) * setting.batch
+    top1 = top1.cpu().numpy()
     return Sweep(
-        sigma=sigma.numpy(),
+        sigma=sigma.cpu().numpy(),
         steps=tuple(order),
         gap=np.stack(gaps),
-        jeffreys_histogram=ad.histogram_jeffreys(a, b).numpy(),
-        cosine=cosine.numpy(),
-        cosine_se=(pair_cos.std(-1) / math.sqrt(setting.eval_pairs)).numpy(),
-        top1=top1.numpy(),
-        top1_se=np.sqrt(np.maximum(top1.numpy() * (1 - top1.numpy()), 1.0 / trials) / trials),
-        condition=torch.linalg.cond(final).amax(0).numpy(),
-        shuffled_cosine=shuffled_cosine.numpy(),
-        shuffled_top1=shuffled_top1.numpy(),
+        jeffreys_histogram=ad.histogram_jeffreys(a, b).cpu().numpy(),
+        cosine=cosine.cpu().numpy(),
+        cosine_se=(pair_cos.std(-1) / math.sqrt(setting.eval_pairs)).cpu().numpy(),
+        top1=top1,
+        top1_se=np.sqrt(np.maximum(top1 * (1 - top1), 1.0 / trials) / trials),
+        condition=torch.linalg.cond(final).amax(0).cpu().numpy(),
+        shuffled_cosine=shuffled_cosine.cpu().numpy(),
+        shuffled_top1=shuffled_top1.cpu().numpy(),
     )
 
 
@@ -255,6 +258,7 @@ def _sweep_for(run, subject: Fig5Experiment, seeds, steps, trajectory=False) -> 
         run.seeds[0],
         subject.estimator,
         trajectory,
+        run.device,
     )
 
 
@@ -266,14 +270,15 @@ def _labels(run, subject: Fig5Experiment, sigma: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _null_gaps(setting: Fig5Setting, replicates: int, seed: int, estimator: GapEstimator):
+def _null_gaps(setting: Fig5Setting, replicates: int, seed: int, estimator: GapEstimator,
+               device: torch.device):
     """The estimator on two independent samples of the toy's angle law (eval size): its null."""
-    gen = torch.Generator()
+    gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     data = setting.data()
     x = data.sample_angles((replicates, setting.eval_pairs), gen)
     y = data.sample_angles((replicates, setting.eval_pairs), gen)
-    return estimator.divergences(x, y)[0].numpy()
+    return estimator.divergences(x, y)[0].cpu().numpy()
 
 
 def _per_sigma_table(sigma, columns: dict) -> list[dict]:
@@ -289,11 +294,12 @@ def _per_sigma_table(sigma, columns: dict) -> list[dict]:
     return rows
 
 
-def _data_level_gap(setting: Fig5Setting) -> list[float]:
+def _data_level_gap(setting: Fig5Setting, device) -> list[float]:
     """``D_S(p, p * WN_sigma)``: the gap identity encoders would inherit from the inputs' laws."""
-    sigma = torch.tensor(setting.sigmas, dtype=torch.float64)
-    phi = torch.arange(8192, dtype=torch.float64) * (2 * math.pi / 8192)
-    eye = torch.eye(2, dtype=torch.float64).expand(sigma.numel(), 2, 2)
+    like = {"dtype": torch.float64, "device": device}
+    sigma = torch.tensor(setting.sigmas, **like)
+    phi = torch.arange(8192, **like) * (2 * math.pi / 8192)
+    eye = torch.eye(2, **like).expand(sigma.numel(), 2, 2)
     data = replace(setting.data(), input_noise=0.0)
     q1 = clip_toy.pushforward_density(data, eye, phi)
     q2 = clip_toy.pushforward_density(data, eye, phi, sigma)
@@ -389,12 +395,13 @@ def s1_calibration(run):
         rng = np.random.default_rng(run.seeds[i])
         bias_abs, row = {}, {"kappa1": k1, "kappa2": k2, "offset": delta, "D_S": d_true}
         for n in (s.n, 4 * s.n):
-            x = torch.as_tensor(rng.vonmises(0.0, k1, (reps, n)))
-            y = torch.as_tensor(rng.vonmises(delta, k2, (reps, n)))
+            x = run.tensor(rng.vonmises(0.0, k1, (reps, n)))
+            y = run.tensor(rng.vonmises(delta, k2, (reps, n)))
             ds, kl, conc, se = run.subject.divergences(x, y)
+            ds, kl, se = ds.cpu().numpy(), kl.cpu().numpy(), se.cpu().numpy()
             kl_s, kl_s_rev = ad.smoothed_vm_divergence(0.0, k1, delta, k2, conc)
             ds_s = 0.5 * (kl_s + kl_s_rev)
-            err_ds, err_kl = ds.numpy() - ds_s, kl.numpy() - kl_s
+            err_ds, err_kl = ds - ds_s, kl - kl_s
             m, e = stats.mean_se(err_ds)
             tests.append(
                 stats.equal(f"D_S - D_S(p*K,q*K) at n={n}", m, e, 0.0, example=i, df=reps - 1)
@@ -404,17 +411,15 @@ def s1_calibration(run):
                 stats.equal(f"KL - KL(p*K||q*K) at n={n}", m, e, 0.0, example=i, df=reps - 1)
             )
             bias_abs[n] = np.abs(ds_s - d_true)
-            half_width = 1.96 * se.numpy()
+            half_width = 1.96 * se
             row[f"n={n}"] = {
-                "bias_vs_closed_form": float(np.mean(ds.numpy() - d_true)),
+                "bias_vs_closed_form": float(np.mean(ds - d_true)),
                 "bias_vs_smoothed": float(err_ds.mean()),
-                "sd": float(ds.numpy().std(ddof=1)),
+                "sd": float(ds.std(ddof=1)),
                 "smoothing_bias": float(np.mean(ds_s - d_true)),
                 "median_concentration": float(np.median(conc)),
-                "coverage_95_smoothed": float(np.mean(np.abs(ds.numpy() - ds_s) <= half_width)),
-                "coverage_95_closed_form": float(
-                    np.mean(np.abs(ds.numpy() - d_true) <= half_width)
-                ),
+                "coverage_95_smoothed": float(np.mean(np.abs(ds - ds_s) <= half_width)),
+                "coverage_95_closed_form": float(np.mean(np.abs(ds - d_true) <= half_width)),
             }
         small, large = bias_abs[s.n], bias_abs[4 * s.n]
         diff = small.mean() - large.mean()
@@ -441,7 +446,8 @@ def s1_calibration(run):
     examples=Profiled(quick=1, full=1),
 )
 def null_distribution(run):
-    values = _null_gaps(run.settings[0], run.pick(NULL_REPLICATES), run.seeds[0], run.subject)
+    values = _null_gaps(run.settings[0], run.pick(NULL_REPLICATES), run.seeds[0], run.subject,
+                        run.device)
     m, se = stats.mean_se(values)
     run.record(
         "null",
@@ -484,17 +490,17 @@ def sphere_calibration(run):
     reps = run.pick(Profiled(quick=24, full=64))
     for i, s in enumerate(run.settings):
         k2 = s.kappa1 * math.exp(s.log_ratio)
-        m1 = torch.zeros(s.d, dtype=torch.float64)
+        m1 = torch.zeros(s.d, dtype=run.dtype, device=run.device)
         m1[0] = 1.0
-        m2 = torch.zeros(s.d, dtype=torch.float64)
+        m2 = torch.zeros(s.d, dtype=run.dtype, device=run.device)
         m2[0], m2[1] = math.cos(s.angle), math.sin(s.angle)
-        true = float(ad.vmf_kl(s.d, m1.numpy(), s.kappa1, m2.numpy(), k2))
+        true = float(ad.vmf_kl(s.d, m1.cpu().numpy(), s.kappa1, m2.cpu().numpy(), k2))
         gen = run.generator(i)
         row = {"d": s.d, "KL": true}
         for n in (200, 800):
             x = vmf.sample_vmf(m1.expand(reps, s.d), s.kappa1, n, gen)
             y = vmf.sample_vmf(m2.expand(reps, s.d), k2, n, gen)
-            err = ad.knn_kl_sphere(x, y).numpy() - true
+            err = ad.knn_kl_sphere(x, y).cpu().numpy() - true
             m, se = stats.mean_se(err)
             row[f"n={n}"] = {"bias": float(m), "sd": float(err.std(ddof=1))}
         tests.append(
@@ -512,19 +518,14 @@ def sphere_calibration(run):
 )
 def degenerate_inputs(run):
     gen = run.generator(0)
-    x = 2 * math.pi * torch.rand(2, 500, generator=gen, dtype=torch.float64)
-    half = math.pi * torch.rand(2, 500, generator=gen, dtype=torch.float64)
+    like = {"dtype": run.dtype, "device": run.device}
+    x = 2 * math.pi * torch.rand(2, 500, generator=gen, **like)
+    half = math.pi * torch.rand(2, 500, generator=gen, **like)
     cases = {
         "identical samples": (x, x.clone()),
         "disjoint halves (empty regions)": (half, half + math.pi),
-        "both collapsed to one angle": (
-            torch.zeros(2, 500, dtype=torch.float64),
-            torch.zeros(2, 500, dtype=torch.float64),
-        ),
-        "collapsed to different angles": (
-            torch.zeros(2, 500, dtype=torch.float64),
-            torch.ones(2, 500, dtype=torch.float64),
-        ),
+        "both collapsed to one angle": (torch.zeros(2, 500, **like), torch.zeros(2, 500, **like)),
+        "collapsed to different angles": (torch.zeros(2, 500, **like), torch.ones(2, 500, **like)),
     }
     tests, record = [], {}
     for name, (a, b) in cases.items():
@@ -714,7 +715,8 @@ def _circle_map_jacobian():
 def identical_init(run):
     setting, subject = run.settings[0], run.subject
     sweep = _sweep_for(run, subject, SEEDS_IDENTICAL, STEPS_IDENTICAL, trajectory=True)
-    null = _null_gaps(setting, run.pick(NULL_REPLICATES), run.seeds[0] + 1, subject.estimator)
+    null = _null_gaps(setting, run.pick(NULL_REPLICATES), run.seeds[0] + 1, subject.estimator,
+                      run.device)
     final = sweep.gap[-1]
     labels = _labels(run, subject, sweep.sigma)
     trend = jonckheere_terpstra(final, labels)
@@ -767,7 +769,7 @@ def identical_init(run):
     )
     run.record(
         "data_level_gap_identity_encoders",
-        dict(zip(map(str, SIGMAS), _data_level_gap(setting), strict=True)),
+        dict(zip(map(str, SIGMAS), _data_level_gap(setting, run.device), strict=True)),
     )
     run.record(
         "null",
@@ -845,11 +847,13 @@ POPULATION = Profiled(
 
 
 @functools.lru_cache(maxsize=2)
-def _population(setting: Fig5Setting, points: int, steps: int, min_steps: int, seed: int):
-    gen = torch.Generator()
+def _population(setting: Fig5Setting, points: int, steps: int, min_steps: int, seed: int,
+                device: torch.device):
+    gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     data = replace(setting.data(), input_noise=0.0)
-    sigma = torch.tensor(setting.sigmas, dtype=torch.float64)
+    like = {"dtype": torch.float64, "device": device}
+    sigma = torch.tensor(setting.sigmas, **like)
     weights = clip_toy.initial_weights(sigma.numel(), gen, identical=True)
     final, value = clip_toy.train_population(
         data,
@@ -865,18 +869,18 @@ def _population(setting: Fig5Setting, points: int, steps: int, min_steps: int, s
     relative = torch.linalg.solve(final[0], final[1])
     searched = clip_toy.smallest_gap(data, sigma, relative, steps=min_steps)
     exact, smallest = {}, {}
-    eye = torch.eye(2, dtype=torch.float64).expand(sigma.numel(), 2, 2)
+    eye = torch.eye(2, **like).expand(sigma.numel(), 2, 2)
     for cells in (8192, 16384):  # the difference bounds the quadrature error of the coarser grid
-        phi = torch.arange(cells, dtype=torch.float64) * (2 * math.pi / cells)
+        phi = torch.arange(cells, **like) * (2 * math.pi / cells)
         q1 = clip_toy.pushforward_density(data, final[0], phi)
         q2 = clip_toy.pushforward_density(data, final[1], phi, sigma)
-        exact[cells] = clip_toy.symmetric_gap(q1, q2).numpy()
+        exact[cells] = clip_toy.symmetric_gap(q1, q2).cpu().numpy()
         smallest[cells] = clip_toy.symmetric_gap(
             clip_toy.pushforward_density(data, eye, phi),
             clip_toy.pushforward_density(data, searched, phi, sigma),
-        ).numpy()
+        ).cpu().numpy()
     precision = np.abs(exact[8192] - exact[16384]) + np.abs(smallest[8192] - smallest[16384])
-    return final, value.numpy(), exact[8192], smallest[8192], precision
+    return final, value.cpu().numpy(), exact[8192], smallest[8192], precision
 
 
 @population_claim.check(
@@ -887,19 +891,20 @@ def _population(setting: Fig5Setting, points: int, steps: int, min_steps: int, s
 def population_trend(run):
     setting, subject, cfg = run.settings[0], run.subject, run.pick(POPULATION)
     weights, value, exact, smallest, precision = _population(
-        setting, cfg["points"], cfg["steps"], cfg["min_steps"], run.seeds[0]
+        setting, cfg["points"], cfg["steps"], cfg["min_steps"], run.seeds[0], run.device
     )
     sigma = np.asarray(setting.sigmas)
     gen = run.generator(0)
     reps = cfg["replicates"]
-    rep_sigma = torch.tensor(setting.sigmas, dtype=torch.float64).repeat(reps)
+    rep_sigma = run.tensor(setting.sigmas).repeat(reps)
     noise_free = replace(setting.data(), input_noise=0.0)
     x1, x2 = clip_toy.sample_pairs(noise_free, rep_sigma, cfg["pairs"], gen)
     w = weights.repeat(1, reps, 1, 1)
     estimate = subject.estimator.divergences(
         clip_toy.embedding_angles(w[0], x1), clip_toy.embedding_angles(w[1], x2), paired=True
-    )[0].numpy()
-    labels = _labels(run, subject, rep_sigma.numpy())
+    )[0].cpu().numpy()
+    rep_sigma = rep_sigma.cpu().numpy()
+    labels = _labels(run, subject, rep_sigma)
     z = jonckheere_terpstra(estimate, labels)
     order = np.argsort(_labels(run, subject, sigma), kind="stable")
     increments = np.diff(exact[order])
@@ -911,7 +916,7 @@ def population_trend(run):
             "D_S_exact": exact.tolist(),
             "D_S_smallest_reachable_by_linear_encoders": smallest.tolist(),
             "quadrature_error_bound": precision.tolist(),
-            "D_S_estimator_mean": [float(estimate[rep_sigma.numpy() == s].mean()) for s in sigma],
+            "D_S_estimator_mean": [float(estimate[rep_sigma == s].mean()) for s in sigma],
             "condition": torch.linalg.cond(weights).amax(0).tolist(),
         },
     )

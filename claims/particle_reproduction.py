@@ -111,7 +111,7 @@ class KDESurrogate:
 
     def cap_fractions(self, tau, bandwidth, num_particles, steps, generator) -> np.ndarray:
         """Cap fraction of one particle system per entry of ``tau``/``bandwidth`` (batched)."""
-        tau = torch.as_tensor(tau, dtype=torch.float64)
+        tau = torch.as_tensor(tau, dtype=torch.float64, device=generator.device)
         if self.exact_gibbs:
             z = particles.sample_gibbs(WELLS, tau, num_particles, generator)
         else:
@@ -149,8 +149,9 @@ def _seed_sd(fractions: np.ndarray, num_particles: int) -> np.ndarray:
     return np.maximum(fractions.std(axis=-1, ddof=1), 1.0 / (num_particles * math.sqrt(12)))
 
 
-def _gibbs(tau) -> np.ndarray:
-    return particles.gibbs_cap_mass(WELLS, tau, CAP_RADIUS, nodes=GIBBS_NODES).numpy()
+def _gibbs(tau, device) -> np.ndarray:
+    return particles.gibbs_cap_mass(WELLS, tau, CAP_RADIUS, nodes=GIBBS_NODES,
+                                    device=device).cpu().numpy()
 
 
 def _width_ratio(tau: float, bandwidth: float) -> float:
@@ -158,18 +159,18 @@ def _width_ratio(tau: float, bandwidth: float) -> float:
     return bandwidth / math.sqrt(tau)
 
 
-def _authors_mc_standard_error(tau: float) -> float:
+def _authors_mc_standard_error(tau: float, device) -> float:
     """S.e. of their self-normalised Monte Carlo (uniform proposals, n = 120k).
 
     Its asymptotic variance is ``∫ rho*^2 (1_A - p)^2 dmu / n``; with ``∫_A rho*^2 =
     Z_{tau/2} rho*_{tau/2}(A) / Z_tau^2`` every term is a smooth quadrature.
     """
-    points, weights = quadrature.sphere_grid(GIBBS_NODES, 2 * GIBBS_NODES)
+    points, weights = quadrature.sphere_grid(GIBBS_NODES, 2 * GIBBS_NODES, device=device)
     log_z = gibbs.log_partition_function(WELLS.potential(points),
-                                         torch.tensor([tau, tau / 2]), weights)
+                                         torch.tensor([tau, tau / 2], device=device), weights)
     second_moment = float(torch.exp(log_z[1] - 2 * log_z[0]))
-    in_caps = second_moment * float(_gibbs(tau / 2))
-    p = float(_gibbs(tau))
+    in_caps = second_moment * float(_gibbs(tau / 2, device))
+    p = float(_gibbs(tau, device))
     variance = (1 - p) ** 2 * in_caps + p**2 * (second_moment - in_caps)
     return math.sqrt(variance / AUTHORS_MC_POINTS)
 
@@ -205,8 +206,9 @@ REPRODUCTION_TAUS = Profiled(quick=(10.0, 1.0, 0.1), full=AUTHORS_TAUS)
 def reproduces_authors(run):
     design, taus = run.pick(REPRODUCTION_DESIGN), run.pick(REPRODUCTION_TAUS)
     run.record("design", {**asdict(design), "taus": list(taus), "bandwidth": AUTHORS_BANDWIDTH})
-    gibbs_mass = _gibbs(taus)
-    finer = particles.gibbs_cap_mass(WELLS, taus, CAP_RADIUS, nodes=2 * GIBBS_NODES).numpy()
+    gibbs_mass = _gibbs(taus, run.device)
+    finer = particles.gibbs_cap_mass(WELLS, taus, CAP_RADIUS, nodes=2 * GIBBS_NODES,
+                                     device=run.device).cpu().numpy()
     cells = tuple((tau, AUTHORS_BANDWIDTH) for tau in taus)
     trained = _train_cells(run, cells, design, design.particles, run.generator(0))
     mean = trained.mean(axis=1)
@@ -222,7 +224,7 @@ def reproduces_authors(run):
         if tau not in AUTHORS_SEED0:
             continue
         their_trained, their_gibbs = AUTHORS_SEED0[tau]
-        mc_se = math.sqrt(_authors_mc_standard_error(tau) ** 2 + ROUNDING_VARIANCE)
+        mc_se = math.sqrt(_authors_mc_standard_error(tau, run.device) ** 2 + ROUNDING_VARIANCE)
         tests.append(stats.equal(f"Gibbs = authors' Monte Carlo tau={tau:g}", gibbs_mass[k],
                                  mc_se, their_gibbs, note="s.e.: their MC and 3-decimal rounding"))
         # One new run of the same design (theirs) differs from our mean by
@@ -370,7 +372,7 @@ def _train_grid(run, design: Design) -> dict:
     for m, cells in sorted(wanted.items()):
         cells = sorted(cells)
         fractions = _train_cells(run, cells, design, m, generator)
-        masses = _gibbs([c[0] for c in cells])
+        masses = _gibbs([c[0] for c in cells], run.device)
         for cell, f, g in zip(cells, fractions, masses, strict=True):
             rows[(*cell, m)] = _cell_row(*cell, m, f, g)
     return rows

@@ -128,16 +128,18 @@ def smoothed_vm_divergence(mean1, kappa1, mean2, kappa2, concentration, grid: in
     )
     shape = mean1.shape
     k = np.arange(grid // 2 + 1)
+    host = torch.device("cpu")  # numpy in, numpy out: a host computation whatever the run's device
 
     def coefficients(mu, kap):
         c = special.ive(k, kap.reshape(-1, 1)) / special.ive(0, kap.reshape(-1, 1))
-        return torch.as_tensor(c * np.exp(-1j * k * mu.reshape(-1, 1)))
+        return torch.as_tensor(c * np.exp(-1j * k * mu.reshape(-1, 1)), device=host)
 
-    lam = torch.as_tensor(special.ive(k, conc.reshape(-1, 1)) / special.ive(0, conc.reshape(-1, 1)))
+    lam = torch.as_tensor(special.ive(k, conc.reshape(-1, 1)) / special.ive(0, conc.reshape(-1, 1)),
+                          device=host)
     p = _grid_density(coefficients(mean1, kappa1), lam, grid)
     q = _grid_density(coefficients(mean2, kappa2), lam, grid)
     kl_pq, kl_qp = _plugin_kl(p, q)
-    return kl_pq.numpy().reshape(shape), kl_qp.numpy().reshape(shape)
+    return kl_pq.cpu().numpy().reshape(shape), kl_qp.cpu().numpy().reshape(shape)
 
 
 def histogram_jeffreys(

@@ -125,8 +125,12 @@ def sample_pairs(
     """``n`` input pairs for every run: ``x1, x2 [R, n, 2]`` (``sigma [R]`` per run).
 
     ``identical_inputs`` feeds the first modality's inputs to both encoders (a control:
-    then the pairs carry no misalignment at all, whatever sigma says).
+    then the pairs carry no misalignment at all, whatever sigma says). ``sigma`` must be on the
+    generator's device, where the pairs are drawn.
     """
+    if sigma.device.type != generator.device.type:
+        raise ValueError(f"sample_pairs: sigma is on {sigma.device}, the generator on "
+                         f"{generator.device}; make both on the run's device")
     runs = sigma.shape[0]
     theta = data.sample_angles((runs, n), generator)
     x1 = _circle(theta) + data.input_noise * _randn((runs, n, 2), generator)
@@ -159,9 +163,10 @@ class KernelExpansion:
     ``J = -kappa sum_ij P_ij <z1_i, z2_j> + (1/2) sum_i a_i log r_i + (1/2) sum_j b_j log c_j``,
     ``r_i = sum_j b_j k_ij``, ``c_j = sum_i a_i k_ij``, with respect to the (unit) embeddings,
     and J itself. The alignment enters through ``pair_z2 = P z2`` and ``pair_z1 = P^T z1``.
+    The Bessel coefficients live on ``device`` (that of the embeddings; ``None``: the CPU).
     """
 
-    def __init__(self, tau: float, tail: float = 1e-10):
+    def __init__(self, tau: float, tail: float = 1e-10, device=None):
         if tau <= 0:
             raise ValueError(f"temperature must be positive, got {tau}")
         self.kappa = 1.0 / tau
@@ -172,7 +177,7 @@ class KernelExpansion:
             raise ValueError(f"tau = {tau} needs more than 4096 harmonics")
         self.degree = int(below[0])  # harmonics 0..degree-1 are kept
         self.harmonics = 8 * math.ceil((self.degree + 1) / 8)  # +1 for the shift by b_j; block of 8
-        self.coefficients = torch.as_tensor(coeff[: self.degree], dtype=torch.float64)
+        self.coefficients = torch.as_tensor(coeff[: self.degree], dtype=torch.float64, device=device)
 
     def gradient(self, z1, z2, a, b, pair_z2, pair_z1):
         x1, x2 = _trig_powers(z1, self.harmonics), _trig_powers(z2, self.harmonics)
@@ -278,7 +283,7 @@ def train_sweep(
     """
     if steps < 1 or batch < 2:
         raise ValueError("need steps >= 1 and batch >= 2")
-    expansion = KernelExpansion(tau)
+    expansion = KernelExpansion(tau, device=weights.device)
     adam = BatchedAdam(weights, lr)
     runs = sigma.shape[0]
     uniform = torch.full((runs, batch), 1.0 / batch, dtype=weights.dtype, device=weights.device)
@@ -331,9 +336,10 @@ class PopulationGrid:
     harmonics: int = 64  #: data-law Fourier terms kept: ive(64, 6)/ive(0, 6) < 1e-90
 
     def laws(self, data: ToyData, sigma: torch.Tensor):
-        theta = torch.arange(self.points, dtype=torch.float64) * (TWO_PI / self.points)
-        k = torch.arange(self.harmonics, dtype=torch.float64)
-        coeff = torch.as_tensor(data.fourier(self.harmonics))
+        like = {"dtype": torch.float64, "device": sigma.device}
+        theta = torch.arange(self.points, **like) * (TWO_PI / self.points)
+        k = torch.arange(self.harmonics, **like)
+        coeff = torch.as_tensor(data.fourier(self.harmonics), **like)
         wn = torch.exp(-0.5 * (k * sigma[:, None]) ** 2)  # [R, K]
         basis = torch.cos(k[:, None] * theta[None, :])  # the law is even in theta
         weight = torch.cat([coeff[:1], 2 * coeff[1:]])
@@ -354,12 +360,12 @@ def train_population(
 ):
     """Adam on the deterministic J_mm (no minibatch, no input noise) for every run; returns
     ``(final weights [2, R, 2, 2], J_mm per run)``."""
-    expansion = KernelExpansion(tau)
+    expansion = KernelExpansion(tau, device=weights.device)
     theta, a, b = grid.laws(data, sigma)
     x = _circle(theta).expand(sigma.shape[0], -1, -1)
     points = grid.points
 
-    frequency = torch.arange(points // 2 + 1, dtype=torch.float64)
+    frequency = torch.arange(points // 2 + 1, dtype=torch.float64, device=sigma.device)
     wrapped_normal = torch.exp(-0.5 * (frequency * sigma[:, None]) ** 2).unsqueeze(-1)
 
     def couple(field):  # C_sigma field: the wrapped-normal conditional mean, exact in Fourier space
@@ -394,8 +400,9 @@ def pushforward_density(
     inv = torch.linalg.inv(weights)
     v = _circle(phi) @ inv.transpose(-1, -2)  # [R, M, 2]
     theta = torch.atan2(v[..., 1], v[..., 0])
-    k = torch.arange(harmonics, dtype=torch.float64)
-    coeff = torch.as_tensor(data.fourier(harmonics))
+    like = {"dtype": torch.float64, "device": weights.device}
+    k = torch.arange(harmonics, **like)
+    coeff = torch.as_tensor(data.fourier(harmonics), **like)
     weight = torch.cat([coeff[:1], 2 * coeff[1:]])
     if sigma is not None:
         weight = weight * torch.exp(-0.5 * (k * sigma[:, None]) ** 2)
@@ -429,8 +436,9 @@ def smallest_gap(
     ~1e-21). Returns the final maps; what they reach is an upper bound on the true minimum
     (evaluate it exactly afterwards).
     """
-    phi = torch.arange(cells, dtype=torch.float64) * (TWO_PI / cells)
-    eye = torch.eye(2, dtype=torch.float64).expand(start.shape[0], 2, 2)
+    like = {"dtype": torch.float64, "device": start.device}
+    phi = torch.arange(cells, **like) * (TWO_PI / cells)
+    eye = torch.eye(2, **like).expand(start.shape[0], 2, 2)
     target = pushforward_density(data, eye, phi, harmonics=harmonics)
     adam = BatchedAdam(start, lr)
     for _ in range(steps):

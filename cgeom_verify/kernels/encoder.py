@@ -158,7 +158,8 @@ class ChunkedPool:
     n: int
     chunk: int
     seed: int
-    device: torch.device = torch.device("cpu")
+    #: where the chunk generators live: the run's device (``None``: the CPU, as ``torch.Generator()``).
+    device: torch.device | None = None
 
     def __post_init__(self):
         if self.n < 1 or self.chunk < 1:

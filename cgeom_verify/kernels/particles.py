@@ -168,7 +168,7 @@ def log_kde(z: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
     """
     if z.dim() != 3 or z.shape[-1] != 3:
         raise ValueError(f"z must be [runs, M, 3], got {tuple(z.shape)}")
-    size = _blocking(z.shape[1])[0]
+    size = _blocking(z.shape[1], z.device)[0]
     tile_chunk = _CHUNK_ELEMENTS // (size * size)
     return _LogKDE.apply(z, bandwidth.to(z.dtype).reshape(-1), max(tile_chunk, 1))
 
@@ -180,8 +180,10 @@ def cap_fraction(z: torch.Tensor, centres: torch.Tensor, radius: float) -> torch
     return inside.to(torch.float64).mean(dim=-1)
 
 
-def gibbs_cap_mass(wells: Wells, tau, radius: float, nodes: int = 96) -> torch.Tensor:
+def gibbs_cap_mass(wells: Wells, tau, radius: float, nodes: int = 96, device=None) -> torch.Tensor:
     """Gibbs mass ``rho*_tau(union of caps)`` for ``tau[...]``, by quadrature (float64).
+
+    Computed on ``device`` (``None``: tau's device when tau is a tensor, as in ``torch.as_tensor``).
 
     The caps must be disjoint. Each cap integral uses the shared Gauss-Legendre x
     uniform-phi grid with its ``cos(theta)`` nodes mapped affinely onto the cap's range
@@ -189,21 +191,23 @@ def gibbs_cap_mass(wells: Wells, tau, radius: float, nodes: int = 96) -> torch.T
     integrand is smooth: spectral convergence); the partition function uses the grid
     on the whole sphere, where ``exp(-U/tau)`` is smooth too.
     """
-    centres = wells.centres()
+    tau = torch.as_tensor(tau, dtype=torch.float64, device=device)
+    device = tau.device
+    centres = wells.centres(device=device)
     if len(centres) > 1:
         gram = centres @ centres.T
-        separation = torch.acos(gram[~torch.eye(len(centres), dtype=torch.bool)].clamp(-1, 1))
+        off_diagonal = ~torch.eye(len(centres), dtype=torch.bool, device=device)
+        separation = torch.acos(gram[off_diagonal].clamp(-1, 1))
         if bool((separation <= 2 * radius).any()):
             raise ValueError("caps overlap: the union's mass is not the sum of cap masses")
-    tau = torch.as_tensor(tau, dtype=torch.float64)
-    points, weights = quadrature.sphere_grid(nodes, 2 * nodes)
+    points, weights = quadrature.sphere_grid(nodes, 2 * nodes, device=device)
     log_z = gibbs.log_partition_function(wells.potential(points), tau, weights)
     cos_r = math.cos(radius)
     t = cos_r + (1.0 - cos_r) * (points[:, 2] + 1.0) / 2.0  # cos(theta) from the pole, in the cap
     ring = torch.sqrt((1.0 - t**2) / (1.0 - points[:, 2] ** 2))
     cap_local = torch.stack([points[:, 0] * ring, points[:, 1] * ring, t], dim=-1)
     cap_weights = weights * (1.0 - cos_r) / 2.0  # Jacobian of the affine map of cos(theta)
-    mass = torch.zeros(tau.shape, dtype=torch.float64)
+    mass = torch.zeros(tau.shape, dtype=torch.float64, device=device)
     for centre in centres:
         cap_points = cap_local @ _rotation_to(centre).T
         log_rho = -wells.potential(cap_points) / tau[..., None] - log_z[..., None]
@@ -240,27 +244,28 @@ def sample_gibbs(wells: Wells, tau, n: int, generator: torch.Generator) -> torch
 
 def _rotation_to(target: torch.Tensor) -> torch.Tensor:
     """A rotation matrix taking the north pole e_3 to the unit vector ``target``."""
-    north = torch.tensor([0.0, 0.0, 1.0], dtype=target.dtype)
+    like = {"dtype": target.dtype, "device": target.device}
+    north = torch.tensor([0.0, 0.0, 1.0], **like)
     axis = torch.linalg.cross(north, target)
     s, c = axis.norm(), torch.dot(north, target)
     if float(s) < 1e-12:
         flip = 1.0 if float(c) > 0 else -1.0  # the identity, or a half turn about e_1
-        return torch.diag(torch.tensor([1.0, flip, flip], dtype=target.dtype))
+        return torch.diag(torch.tensor([1.0, flip, flip], **like))
     k = axis / s
-    skew = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]],
-                        dtype=target.dtype)
-    return torch.eye(3, dtype=target.dtype) + s * skew + (1 - c) * skew @ skew
+    skew = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], **like)
+    return torch.eye(3, **like) + s * skew + (1 - c) * skew @ skew
 
 
 @functools.cache
-def _blocking(m: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Block size and the (row, column) block indices of the upper triangle, diagonal first.
+def _blocking(m: int, device: torch.device) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Block size and the (row, column) block indices of the upper triangle, diagonal first
+    (on ``device``: one cached copy per device, so no step copies indices to the device).
 
     At most 8 blocks (then the upper triangle is 36/64 of the matrix) and blocks of at
     least ``_MIN_BLOCK`` particles, below which batched matmuls are overhead-bound.
     """
     count = next(b for b in range(8, 0, -1) if m % b == 0 and (m // b >= _MIN_BLOCK or b == 1))
-    rows, cols = torch.triu_indices(count, count)
+    rows, cols = torch.triu_indices(count, count, device=device)
     order = torch.argsort((cols - rows) != 0, stable=True)  # diagonal blocks first
     return m // count, rows[order], cols[order]
 
@@ -282,9 +287,9 @@ class _LogKDE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, bandwidth, tile_chunk):
         runs, m, _ = z.shape
-        size, rows, cols = _blocking(m)
+        size, rows, cols = _blocking(m, z.device)
         count = m // size
-        run = torch.arange(runs).repeat(len(rows))
+        run = torch.arange(runs, device=z.device).repeat(len(rows))
         row_block = run * count + rows.repeat_interleave(runs)  # index into [runs * B]
         col_block = run * count + cols.repeat_interleave(runs)
         off = slice(count * runs, len(run))  # tiles of off-diagonal block pairs

@@ -161,8 +161,12 @@ def sample_vmf(mean: torch.Tensor, kappa, n: int, generator: torch.Generator) ->
     """``n`` draws from vMF(mean, kappa) for every batch entry: ``[..., n, d]``.
 
     ``mean`` is ``[..., d]`` (unit vectors), ``kappa`` broadcastable to ``mean.shape[:-1]``;
-    kappa = 0 gives the uniform law.
+    kappa = 0 gives the uniform law. The draws are made on ``mean``'s device, which must be
+    the generator's.
     """
+    if mean.device.type != generator.device.type:
+        raise ValueError(f"sample_vmf: mean is on {mean.device}, the generator on "
+                         f"{generator.device}; make both on the run's device")
     d = mean.shape[-1]
     batch = mean.shape[:-1]
     kappa = torch.as_tensor(kappa, dtype=mean.dtype, device=mean.device).expand(batch)
