@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import calibration, certificate, mutation, registry, replay, report
+from . import calibration, certificate, mutation, options, registry, replay, report
 from .certificate import CertificateError
-from .settings import PROFILES, ConfigError, RunConfig
+from .settings import ConfigError, RunConfig
 from .shard import Shard, check_count
 
 __all__ = ["main"]
@@ -51,20 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cgeom-verify", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     listing = sub.add_parser("list", help="list registered claims")
-    listing.add_argument("--provider", action="append", default=[], help="extra provider module")
-    listing.add_argument("--providers-only", action="store_true", help="ignore installed providers")
+    options.add_arguments(listing, ("provider", "providers-only"))
 
     run = sub.add_parser("run", help="run the claims and write the certificate")
-    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)}")
-    run.add_argument("--seed", default="20260119", help="master seed")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--claims", default="", help="comma-separated claim ids (default: all)")
-    run.add_argument("--alpha", default="0.01", help="family-wise false-fail rate")
+    options.add_arguments(run)
     run.add_argument("--workers", default="auto", type=_workers, help="xdist workers (0: no xdist)")
-    run.add_argument("--reports", default="reports", help="directory for the certificate")
-    run.add_argument("--provider", action="append", default=[], help="extra provider module")
-    run.add_argument("--providers-only", action="store_true", help="ignore installed providers")
-    run.add_argument("--shard", default="", help="i/n: run only the i-th of n shards of the items")
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
     again = sub.add_parser("replay", help="re-run what a certificate records and compare")
@@ -84,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     calib = sub.add_parser("calibrate", help="certify under K master seeds; count the not-PASS runs")
     calib.add_argument("--seeds", type=_positive, default=20, help="how many master seeds (default 20)")
     calib.add_argument("--first-seed", type=int, default=1001, help="the first master seed (default 1001)")
-    calib.add_argument("--alpha", default="0.01", help="family-wise false-fail rate")
+    options.add_arguments(calib, ("alpha",))
     calib.add_argument("--reports", default="reports/calibration", help="directory for the runs and summary")
     _certify_options(calib)
 
@@ -105,12 +96,8 @@ def _positive(value: str) -> int:
 
 def _certify_options(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options a calibration or mutation run passes on to each certification."""
-    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)}")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--claims", default="", help="comma-separated claim ids (calibrate; default all)")
+    options.add_arguments(parser, ("profile", "device", "claims", "provider", "providers-only"))
     parser.add_argument("--workers", default="auto", type=_workers, help="xdist workers")
-    parser.add_argument("--provider", action="append", default=[], help="extra provider module")
-    parser.add_argument("--providers-only", action="store_true", help="ignore installed providers")
 
 
 def _run_options(args) -> list[str]:
@@ -133,17 +120,10 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    try:
-        seed = int(args.seed)
-    except ValueError:
-        raise ConfigError(f"seed must be an integer, got {args.seed!r}") from None
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        raise ConfigError(f"alpha must be a number, got {args.alpha!r}") from None
-    RunConfig(profile=args.profile, master_seed=seed, device=args.device, family_alpha=alpha)
-    shard = Shard.parse(args.shard)
-    ids = [i.strip() for i in args.claims.split(",") if i.strip()]
+    values = {o.dest: getattr(args, o.dest) for o in options.RUN_OPTIONS}
+    options.run_config(values)
+    Shard.parse(args.shard)
+    ids = options.claim_ids(args.claims)
     found = registry.discover(tuple(args.provider), installed=not args.providers_only)
     try:
         found.select(ids)
@@ -155,19 +135,8 @@ def _run(args) -> int:
         "--rootdir", os.getcwd(),
         "-p", "no:cacheprovider",
         "-v",
-        f"--cgeom-profile={args.profile}",
-        f"--cgeom-seed={seed}",
-        f"--cgeom-device={args.device}",
-        f"--cgeom-alpha={alpha}",
-        f"--cgeom-reports={args.reports}",
+        *options.pytest_arguments(values),
     ]
-    if ids:
-        argv.append(f"--cgeom-claims={','.join(ids)}")
-    argv += [f"--cgeom-provider={p}" for p in args.provider]
-    if args.providers_only:
-        argv.append("--cgeom-providers-only")
-    if shard:
-        argv.append(f"--cgeom-shard={shard}")
     if args.workers != "0":
         # worksteal: claim items differ in cost by 1000x; an idle worker takes queued items
         # from a busy one instead of waiting while one worker runs the long tail.
@@ -220,13 +189,10 @@ def _merge(args) -> int:
 
 
 def _calibrate(args) -> int:
-    try:
-        alpha = float(args.alpha)
-    except ValueError:
-        raise ConfigError(f"alpha must be a number, got {args.alpha!r}") from None
-    RunConfig(family_alpha=alpha)
-    options = _run_options(args)
-    ids = [i.strip() for i in args.claims.split(",") if i.strip()]
+    alpha = options.run_config({"seed": "0", "profile": args.profile, "device": args.device,
+                                "alpha": args.alpha}).family_alpha
+    run_options = _run_options(args)
+    ids = options.claim_ids(args.claims)
     if ids:
         # A subset runs each check at the share it has in the whole certificate (the same
         # numbers, bit for bit), so subsets calibrated apart add up to the whole.
@@ -236,9 +202,9 @@ def _calibrate(args) -> int:
         except KeyError as exc:
             raise ConfigError(f"unknown claim id(s): {exc.args[0]}") from None
         alpha *= check_count(chosen) / check_count(e.claim for e in found.claims)
-        options += ["--claims", ",".join(ids)]
+        run_options += ["--claims", ",".join(ids)]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    summary = calibration.calibrate(seeds, options, Path(args.reports), alpha,
+    summary = calibration.calibrate(seeds, run_options, Path(args.reports), alpha,
                                     progress=lambda line: print(line, flush=True))
     print(f"{summary['not_passed']} of {summary['seeds']} seeds not PASS (false-fail rate of the "
           f"run{' (its share of the whole certificate)' if ids else ''} {alpha:.3g}; "

@@ -50,6 +50,7 @@ import torch
 from . import certificate, registry, report
 from .claim import Check, Claim, Control, Obligation
 from .evidence import check_evidence, control_evidence, obligation_evidence
+from .options import RUN_OPTIONS, add_pytest_options, claim_ids, run_config
 from .settings import ConfigError, RunConfig
 from .shard import Shard, check_count, item_keys
 
@@ -64,19 +65,7 @@ _shard_key = pytest.StashKey["Shard | None"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("cgeom-verify", "certificate of the paper's claims")
-    group.addoption("--cgeom-profile", default="quick", help="quick (CI) or full (nightly)")
-    group.addoption("--cgeom-seed", default="20260119", help="master seed of every random stream")
-    group.addoption("--cgeom-device", default="auto", help="auto, cpu or cuda")
-    group.addoption("--cgeom-claims", default="", help="comma-separated claim ids (default: all)")
-    group.addoption("--cgeom-alpha", default="0.01", help="family-wise false-fail rate")
-    group.addoption("--cgeom-reports", default="reports", help="directory for the certificate")
-    group.addoption("--cgeom-provider", action="append", default=[],
-                    help="extra claim provider module to import (repeatable)")
-    group.addoption("--cgeom-providers-only", action="store_true",
-                    help="ignore installed providers; certify only --cgeom-provider modules")
-    group.addoption("--cgeom-shard", default="",
-                    help="i/n: run only the i-th of n shards of the claim items (see merge)")
+    add_pytest_options(parser.getgroup("cgeom-verify", "certificate of the paper's claims"))
 
 
 def _certifying(config: pytest.Config) -> bool:
@@ -87,21 +76,8 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _parse(config: pytest.Config) -> RunConfig:
-    try:
-        seed = int(config.getoption("cgeom_seed"))
-    except ValueError:
-        raise ConfigError(f"seed must be an integer, got {config.getoption('cgeom_seed')!r}") from None
-    try:
-        alpha = float(config.getoption("cgeom_alpha"))
-    except ValueError:
-        raise ConfigError(f"alpha must be a number, got {config.getoption('cgeom_alpha')!r}") from None
-    return RunConfig(
-        profile=config.getoption("cgeom_profile"),
-        master_seed=seed,
-        device=config.getoption("cgeom_device"),
-        family_alpha=alpha,
-    )
+def _values(config: pytest.Config) -> dict:
+    return {o.dest: config.getoption(f"cgeom_{o.dest}") for o in RUN_OPTIONS}
 
 
 def _discover(config: pytest.Config) -> registry.Registry:
@@ -110,21 +86,17 @@ def _discover(config: pytest.Config) -> registry.Registry:
     )
 
 
-def _selected_ids(config: pytest.Config) -> list[str]:
-    return [i.strip() for i in config.getoption("cgeom_claims").split(",") if i.strip()]
-
-
 def pytest_configure(config: pytest.Config) -> None:
     if not _certifying(config):
         return
     try:
-        config.stash[_config_key] = _parse(config)
+        config.stash[_config_key] = run_config(_values(config))
         config.stash[_shard_key] = Shard.parse(config.getoption("cgeom_shard"))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     found = _discover(config)
     try:
-        config.stash[_selection_key] = [found, found.select(_selected_ids(config))]
+        config.stash[_selection_key] = [found, found.select(claim_ids(config.getoption("cgeom_claims")))]
     except KeyError as exc:
         known = ", ".join(found.ids()) or "none"
         raise pytest.UsageError(f"unknown claim id(s): {exc.args[0]}; known: {known}") from None
