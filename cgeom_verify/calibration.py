@@ -11,29 +11,14 @@ seeds the expected count of FAILs is 0.2, and P(2 or more) is about 0.017.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from scipy import stats as _scipy_stats
 
 from .certificate import atomic_write
+from .repeat import certify
 
 __all__ = ["calibrate", "render_markdown"]
-
-
-def _failures(cert: dict) -> list[str]:
-    """``claim / item: decision`` for every item of a certificate that did not PASS."""
-    found = []
-    for claim in cert["claims"]:
-        for item in claim["obligations"] + claim["checks"] + claim["controls"]:
-            if item["verdict"] == "PASS":
-                continue
-            bad = [d["name"] for d in item.get("decisions", []) if not d["passed"]]
-            found.append(f"{claim['id']} / {item['kind']}: {item['name']} ({item['verdict']}"
-                         + (f": {', '.join(sorted(set(bad))[:3])}" if bad else "") + ")")
-    return found
 
 
 def calibrate(seeds: list[int], run_options: list[str], out: Path, family_alpha: float,
@@ -41,18 +26,11 @@ def calibrate(seeds: list[int], run_options: list[str], out: Path, family_alpha:
     """Certify under each master seed (reports under ``out/seed-S``); write ``out/calibration.*``."""
     runs = []
     for k, seed in enumerate(seeds, 1):
-        reports = out / f"seed-{seed}"
-        started = time.time()
-        subprocess.run([sys.executable, "-m", "cgeom_verify.cli", "run", "--seed", str(seed),
-                        "--alpha", str(family_alpha), "--reports", str(reports), *run_options],
-                       capture_output=True, text=True, check=False)
-        path = reports / "certificate.json"
-        cert = json.loads(path.read_text()) if path.exists() else None
-        verdict = cert["verdict"] if cert else "NO CERTIFICATE"
-        runs.append({"seed": seed, "verdict": verdict, "wall_time_s": round(time.time() - started, 1),
-                     "not_passed": _failures(cert) if cert else []})
-        progress(f"[{k}/{len(seeds)}] seed {seed}: {verdict} ({runs[-1]['wall_time_s']} s)"
-                 + (f" — {'; '.join(runs[-1]['not_passed'][:2])}" if verdict != "PASS" else ""))
+        outcome = certify(["--seed", str(seed), "--alpha", str(family_alpha), *run_options],
+                          out / f"seed-{seed}")
+        runs.append({"seed": seed, **outcome})
+        progress(f"[{k}/{len(seeds)}] seed {seed}: {outcome['verdict']} ({outcome['wall_time_s']} s)"
+                 + (f" — {'; '.join(outcome['not_passed'][:2])}" if outcome["verdict"] != "PASS" else ""))
     not_passed = sum(r["verdict"] != "PASS" for r in runs)
     summary = {
         "family_alpha": family_alpha,

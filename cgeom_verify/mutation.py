@@ -23,17 +23,14 @@ must PASS first, or the score means nothing. ``cgeom-verify mutants`` runs it;
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .certificate import atomic_write
+from .repeat import certify
 from .settings import ConfigError
 
 __all__ = ["Mutant", "load_catalogue", "score", "render_markdown"]
@@ -85,29 +82,6 @@ def load_catalogue(paths: list[Path], root: Path) -> list[Mutant]:
     return mutants
 
 
-def _certify(source: Path, claims: list[str], run_options: list[str], reports: Path) -> dict:
-    """Run the certificate of ``claims`` from a copy of the source; its verdict and failures."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
-    started = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "cgeom_verify.cli", "run", "--claims", ",".join(claims),
-         "--reports", str(reports), *run_options],
-        cwd=source, env=env, capture_output=True, text=True, check=False,
-    )
-    path = reports / "certificate.json"
-    cert = json.loads(path.read_text()) if path.exists() else None
-    outcome = {"verdict": cert["verdict"] if cert else "NO CERTIFICATE", "exit_status": result.returncode,
-               "wall_time_s": round(time.time() - started, 1), "caught_by": []}
-    for claim in cert["claims"] if cert else []:
-        for item in claim["obligations"] + claim["checks"] + claim["controls"]:
-            if item["verdict"] != "PASS":
-                outcome["caught_by"].append(f"{claim['id']} / {item['kind']}: {item['name']} "
-                                            f"({item['verdict']})")
-    if cert is None:
-        outcome["caught_by"] += (result.stderr or result.stdout).strip().splitlines()[-1:]
-    return outcome
-
-
 def score(mutants: list[Mutant], root: Path, run_options: list[str], out: Path,
           progress=print) -> dict:
     """Certify a baseline and every mutant; write ``out/score.{json,md}``; return the score."""
@@ -117,7 +91,8 @@ def score(mutants: list[Mutant], root: Path, run_options: list[str], out: Path,
         shutil.copytree(root, pristine, ignore=IGNORED)
         claims = sorted({c for m in mutants for c in m.claims})
         progress(f"baseline: certifying {len(claims)} claims unmutated ...")
-        baseline = _certify(pristine, claims, run_options, work / "baseline")
+        baseline = certify(["--claims", ",".join(claims), *run_options], work / "baseline",
+                           source=pristine)
         progress(f"baseline: {baseline['verdict']} ({baseline['wall_time_s']} s)")
         results = []
         for k, mutant in enumerate(mutants, 1):
@@ -126,7 +101,8 @@ def score(mutants: list[Mutant], root: Path, run_options: list[str], out: Path,
             target = source / mutant.file
             target.write_text(target.read_text(encoding="utf-8").replace(mutant.find, mutant.replace),
                               encoding="utf-8")
-            outcome = _certify(source, list(mutant.claims), run_options, work / f"{mutant.id}-reports")
+            outcome = certify(["--claims", ",".join(mutant.claims), *run_options],
+                              work / f"{mutant.id}-reports", source=source)
             killed = outcome["verdict"] != "PASS"
             results.append({**asdict(mutant), "killed": killed, **outcome})
             progress(f"[{k}/{len(mutants)}] {mutant.id}: {'killed' if killed else 'SURVIVED'} "
@@ -156,7 +132,7 @@ def render_markdown(summary: dict) -> str:
              "| mutant | file | claims | killed | verdict | caught by | why |",
              "|---|---|---|---|---|---|---|"]
     for r in summary["mutants"]:
-        caught = "; ".join(map(str, r["caught_by"][:3])) or "—"
+        caught = "; ".join(r["not_passed"][:3]) or "—"
         lines.append(f"| `{r['id']}` | `{r['file']}` | {', '.join(r['claims'])} | "
                      f"{'yes' if r['killed'] else '**NO**'} | {r['verdict']} | {caught} | {r['why']} |")
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def test_mutation_score_counts_killed_and_surviving_mutants(toy_root, tmp_path, 
     assert {m["id"]: m["killed"] for m in summary["mutants"]} == {"toy-sampler-shift": True,
                                                                   "toy-docstring": False}
     killed = summary["mutants"][0]
-    assert killed["verdict"] == "FAIL" and any("sample mean equals mu" in c for c in killed["caught_by"])
+    assert killed["verdict"] == "FAIL" and any("sample mean equals mu" in c for c in killed["not_passed"])
     assert status == 1  # a survivor
     assert "**NO**" in (tmp_path / "out" / "score.md").read_text()
     assert "mutation score 1/2" in capsys.readouterr().out
