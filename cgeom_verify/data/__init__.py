@@ -1,0 +1,1 @@
+"""Data shipped with the harness (package data, read with :mod:`importlib.resources`)."""
