@@ -45,6 +45,8 @@ __all__ = [
     "validate_pairs",
     "section5_claims",
     "trend_claim",
+    "audit_specs",
+    "run_audit",
 ]
 
 DATA_PACKAGE = "cgeom_verify.data.modality_gap_embeddings"
@@ -211,7 +213,7 @@ class Design:
     #: critic clipped to |logit| <= this (any fixed critic gives a valid NWJ bound)
     critic_clip: float = 10.0
     max_pairs: int = 1000
-    classifier_pairs: int = 2000
+    classifier_pairs: int = 1000
     permutations: Profiled = Profiled(quick=1000, full=5000)
     bootstrap: Profiled = Profiled(quick=400, full=2000)
     lambdas: tuple = tuple(-0.5 + 0.125 * k for k in range(17))
@@ -305,38 +307,49 @@ def gap_statistics(source: Source, design: Design, permutations: int, bootstrap:
     xs, ys = prep.xs, prep.ys
     m = xs.shape[0]
     pooled = torch.cat([xs, ys])
-    dist = ts.chordal_distance(pooled, pooled)
+    gram = pooled @ pooled.T
+    dist = (2.0 - 2.0 * gram).clamp_min(0.0).sqrt()
     bandwidth = ts.median_distance(dist)
-    kernels = {"energy": -dist}
-    for scale in (0.5, 1.0, 2.0):
-        kernels[f"mmd@{scale}"] = ts.rbf_kernel(dist, scale * bandwidth)
+    names = ["energy", "mmd@0.5", "mmd@1.0", "mmd@2.0"]
+
+    def kernels_of(d_):
+        return [-d_, *(ts.rbf_kernel(d_, scale * bandwidth) for scale in (0.5, 1.0, 2.0))]
+
+    kernels = kernels_of(dist)
+    values, nulls = ts.two_sample_u_many(kernels, m, permutations=permutations, generator=gen)
     out = {"pairs_quadratic": m, "pairs_total": int(prep.x.shape[0]), "median_distance": bandwidth}
     weights = ts.bootstrap_counts(bootstrap, m, gen, xs.device) if bootstrap else None
-    for name, kern in kernels.items():
-        stat, null = ts.two_sample_u(kern, m, permutations=permutations, generator=gen)
-        row = {"value": stat}
+    for k, (name, kern) in enumerate(zip(names, kernels, strict=True)):
+        row = {"value": float(values[k])}
         if permutations:
-            row.update(p_value=ts.permutation_p_value(stat, null), null_mean=float(null.mean()),
-                       null_sd=float(null.std()))
+            row.update(p_value=ts.permutation_p_value(row["value"], nulls[k]), null_mean=float(nulls[k].mean()),
+                       null_sd=float(nulls[k].std()))
         if weights is not None:
             boot = ts.paired_bootstrap_u(kern[:m, :m], kern[m:, m:], kern[:m, m:], weights)
             row.update(se=float(boot.std()), interval95=_interval(boot))
         out[name] = row
-    if permutations:  # power at the designed alternative: a centroid shift of gap_effect
-        alt = {"energy": [], "mmd@1.0": []}
+    if permutations:
+        # power at the designed alternative: a random half-split of the pooled sample (P = Q),
+        # one half shifted by gap_effect along a random direction and renormalised; its Gram
+        # matrix follows from the pooled one in O(N^2): <a, b'> = (<a, b> + e u.a) / |b + e u|
+        alt = []
+        e = design.gap_effect
         for _ in range(4):
             perm = ts.random_permutations(1, 2 * m, gen, xs.device)[0]
-            a, b = pooled[perm[:m]], pooled[perm[m:]]
-            u = torch.randn(a.shape[1], generator=gen, device=xs.device, dtype=xs.dtype)
-            b = b + design.gap_effect * u / u.norm()
-            b = b / b.norm(dim=1, keepdim=True)
-            both = torch.cat([a, b])
-            d_alt = ts.chordal_distance(both, both)
-            alt["energy"].append(ts.two_sample_u(-d_alt, m)[0])
-            alt["mmd@1.0"].append(ts.two_sample_u(ts.rbf_kernel(d_alt, bandwidth), m)[0])
-        for name, values in alt.items():
+            u = torch.randn(pooled.shape[1], generator=gen, device=xs.device, dtype=xs.dtype)
+            proj = pooled @ (u / u.norm())
+            shifted = torch.zeros(2 * m, dtype=xs.dtype, device=xs.device)
+            shifted[perm[m:]] = 1.0
+            norm = torch.sqrt(1.0 + 2.0 * e * proj * shifted + e * e * shifted)
+            g_alt = (gram + e * (proj[:, None] * shifted[None, :] + shifted[:, None] * proj[None, :])
+                     + e * e * shifted[:, None] * shifted[None, :]) / (norm[:, None] * norm[None, :])
+            order = torch.cat([perm[:m], perm[m:]])
+            d_alt = (2.0 - 2.0 * g_alt[order][:, order]).clamp_min(0.0).sqrt()
+            alt.append(ts.two_sample_u_many(kernels_of(d_alt), m, permutations=0, generator=gen)[0])
+        alt_mean = torch.stack(alt).mean(0)
+        for k, name in enumerate(names):
             row = out[name]
-            row["designed_alternative"] = float(np.mean(values))
+            row["designed_alternative"] = float(alt_mean[k])
             row["power"] = ts.normal_power(row["designed_alternative"] - row["null_mean"], row["null_sd"],
                                            level)
     full_weights = ts.bootstrap_counts(bootstrap, prep.x.shape[0], gen, xs.device) if bootstrap else None
@@ -850,3 +863,67 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
     trend.control("the series in reverse order", check=trend_check, mutant=replace(series, reversed_order=True),
                   description="reversed, an increasing gap decreases: the trend test must fail")
     return trend
+
+
+# --- cgeom-verify audit ---------------------------------------------------------------------------
+
+
+def audit_specs(files, temperature: float) -> list[ModelSpec]:
+    """One :class:`ModelSpec` per file, keyed ``audit-<k>`` in the order given."""
+    return [ModelSpec(f"audit-{k}", f"file {k} ({Path(f).name})",
+                      Source(location=str(f), label=f"audit-{k}", temperature=float(temperature)),
+                      kind="audit", retrieval="top1", note="the temperature given to the audit")
+            for k, f in enumerate(files, 1)]
+
+
+def run_audit(files, *, temperature: float, reports: str, profile: str, seed: int, device: str,
+              alpha: float, workers: str) -> int:
+    """Validate every file (nothing is written before), certify them through the pytest plugin
+    with :mod:`cgeom_verify._audit_claims` as the only provider, add the audit section."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from . import certificate, registry, report
+    from ._audit_claims import ENV
+    from .settings import ConfigError, RunConfig
+
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
+    RunConfig(profile=profile, master_seed=seed, device=device, family_alpha=alpha)
+    entries, paths = [], []
+    for location in files:
+        if location.startswith("package:"):
+            raise ConfigError(f"{location}: give a file path")
+        try:
+            data = read_pairs(location)
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
+        path = str(Path(location).resolve())
+        paths.append(path)
+        entries.append({"path": location, "sha256": sha256(path), "pairs": int(data.shape[1]),
+                        "dim": int(data.shape[2])})
+        del data
+    for entry, spec in zip(entries, audit_specs(paths, temperature), strict=True):
+        entry["claims"] = [c.id for c in section5_claims(spec).values()]
+    env = dict(os.environ)
+    env[ENV] = json.dumps({"files": paths, "temperature": temperature})
+    argv = [
+        sys.executable, "-m", "pytest", str(registry.__file__), "--rootdir", os.getcwd(),
+        "-p", "no:cacheprovider", "-q", f"--cgeom-profile={profile}", f"--cgeom-seed={seed}",
+        f"--cgeom-device={device}", f"--cgeom-alpha={alpha}", f"--cgeom-reports={reports}",
+        "--cgeom-provider=cgeom_verify._audit_claims", "--cgeom-providers-only",
+    ]
+    if workers != "0":
+        argv += ["-n", workers, "--dist", "worksteal"]
+    subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL)
+    target = Path(reports) / certificate.JSON_NAME
+    cert = certificate.load(target)
+    cert["audit"] = {"files": entries, "temperature": float(temperature),
+                     "trend": "audit-gap-trend" if len(files) > 1 else None}
+    report.write_reports(cert, Path(reports))
+    for line in certificate.summary_lines(cert):
+        print(line)
+    print(f"written: {target}, {target.with_suffix('.md')}, {target.parent / report.HTML_NAME}")
+    return 0 if cert["verdict"] == "PASS" else 1

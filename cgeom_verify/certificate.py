@@ -421,6 +421,19 @@ def power_table(cert: dict) -> list[str]:
     return out + [""]
 
 
+def audit_lines(cert: dict) -> list[str]:
+    """The audit section (``cgeom-verify audit``): which files, in which order, which claims."""
+    audit = cert.get("audit")
+    if not audit:
+        return []
+    out = [f"Audit of {len(audit['files'])} embedding file(s) at temperature {audit['temperature']:g}"
+           + (f"; trend across them: `{audit['trend']}`." if audit["trend"] else ".")]
+    for k, f in enumerate(audit["files"], 1):
+        out.append(f"{k}. `{f['path']}` ({f['pairs']} pairs x {f['dim']} dims, sha256 {f['sha256'][:12]}): "
+                   + ", ".join(f"`{c}`" for c in f["claims"]))
+    return out
+
+
 def render_markdown(cert: dict, figures: dict | None = None) -> str:
     """The Markdown report; ``figures`` maps (claim id, item key or None) to
     ``[(title, relative path)]`` of PNG files written beside it (see :mod:`.report`)."""
@@ -444,6 +457,8 @@ def render_markdown(cert: dict, figures: dict | None = None) -> str:
         f"Created {cert['created']}. {run_scope(cert)}".rstrip(),
         "",
     ]
+    if cert.get("audit"):
+        out += ["## Audit", "", *audit_lines(cert), ""]
     if cert["claims"]:
         out += [
             "| claim | reference | verdict | checks + obligations passed | controls rejected | wall time |",

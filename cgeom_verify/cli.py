@@ -12,6 +12,8 @@
   runs that are not PASS (the family-wise false-fail rate, measured);
 * ``cgeom-verify mutants CATALOGUE...`` — the mutation score: certify each
   catalogued bug's claims on a mutated copy of the source (:mod:`.mutation`).
+* ``cgeom-verify audit EMB...`` — the §5 claims on a user's own paired embeddings
+  (:mod:`.audit`), one certificate with an audit section.
 
 Every user error (unknown claim id, bad profile, seed, device, worker count, shard,
 corrupt or foreign certificate, shards of different runs) is one line on stderr and
@@ -85,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     mutate.add_argument("--only", default="", help="comma-separated mutant ids (default: all)")
     mutate.add_argument("--reports", default="reports/mutants", help="directory for score.json and score.md")
     _certify_options(mutate)
+
+    audit = sub.add_parser("audit", help="certify the §5 claims on your own paired embeddings")
+    audit.add_argument("embeddings", nargs="+",
+                       help=".npy (2, n, d) or .npz with two (n, d) arrays; several: a trend across them")
+    audit.add_argument("--temperature", default="0.07", help="the model's InfoNCE temperature")
+    options.add_arguments(audit, ("profile", "seed", "device", "alpha", "reports"), reports="reports/audit")
+    audit.add_argument("--workers", default="0", type=_workers, help="xdist workers (0: no xdist)")
     return parser
 
 
@@ -231,8 +240,21 @@ def _mutants(args) -> int:
     return 0 if summary["valid"] and summary["killed"] == summary["total"] else 1
 
 
+def _audit(args) -> int:
+    from .audit import run_audit
+
+    numbers = {}
+    for name in ("temperature", "seed", "alpha"):
+        try:
+            numbers[name] = (int if name == "seed" else float)(getattr(args, name))
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {getattr(args, name)!r}") from None
+    return run_audit(args.embeddings, reports=args.reports, profile=args.profile, device=args.device,
+                     workers=args.workers, **numbers)
+
+
 COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge,
-            "calibrate": _calibrate, "mutants": _mutants}
+            "calibrate": _calibrate, "mutants": _mutants, "audit": _audit}
 
 
 def main(argv: list[str] | None = None) -> int:

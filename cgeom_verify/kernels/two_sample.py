@@ -35,6 +35,7 @@ __all__ = [
     "rbf_kernel",
     "median_distance",
     "two_sample_u",
+    "two_sample_u_many",
     "paired_bootstrap_u",
     "centroid_distance_bootstrap",
     "random_permutations",
@@ -70,7 +71,7 @@ def rbf_kernel(distances: torch.Tensor, bandwidth: float) -> torch.Tensor:
 
 def random_permutations(count: int, n: int, generator: torch.Generator, device) -> torch.Tensor:
     """``[count, n]`` independent uniform permutations of ``range(n)`` (argsort of uniforms)."""
-    u = torch.rand(count, n, generator=generator, device=device, dtype=torch.float64)
+    u = torch.rand(count, n, generator=generator, device=device, dtype=torch.float32)
     return u.argsort(dim=1)
 
 
@@ -82,16 +83,23 @@ def bootstrap_counts(count: int, n: int, generator: torch.Generator, device,
     return w.scatter_add_(1, idx, torch.ones_like(idx, dtype=dtype))
 
 
-def _u_from_masks(kernel0: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD² for labellings ``a [c, N]`` (1 = first sample) of a zero-diagonal kernel."""
-    b = 1.0 - a
-    m, k = a.sum(1), b.sum(1)
+def _u_from_masks(kernel0: torch.Tensor, a: torch.Tensor, row_sums: torch.Tensor | None = None,
+                  total: float | None = None) -> torch.Tensor:
+    """Unbiased MMD² for labellings ``a [c, N]`` (1 = first sample) of a zero-diagonal kernel.
+
+    One matmul per chunk: with ``ka = a K``, ``r = K 1`` and ``t = 1' K 1``,
+    ``a'Ka = ka . a``, ``a'Kb = ka . 1 - a'Ka``, ``b'Kb = t - 2 a'r + a'Ka``.
+    """
+    if row_sums is None:
+        row_sums = kernel0.sum(1)
+        total = float(row_sums.sum())
+    m = a.sum(1)
+    k = a.shape[1] - m
     ka = a @ kernel0
-    kb = b @ kernel0
-    within_a = (ka * a).sum(1) / (m * (m - 1))
-    within_b = (kb * b).sum(1) / (k * (k - 1))
-    cross = (ka * b).sum(1) / (m * k)
-    return within_a + within_b - 2.0 * cross
+    aka = (ka * a).sum(1)
+    akb = ka.sum(1) - aka
+    bkb = total - 2.0 * (a @ row_sums) + aka
+    return aka / (m * (m - 1)) + bkb / (k * (k - 1)) - 2.0 * akb / (m * k)
 
 
 def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
@@ -107,7 +115,9 @@ def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
     k0.fill_diagonal_(0.0)
     observed = torch.zeros(1, n_total, dtype=kernel.dtype, device=kernel.device)
     observed[0, :m] = 1.0
-    stat = float(_u_from_masks(k0, observed)[0])
+    row_sums = k0.sum(1)
+    total = float(row_sums.sum())
+    stat = float(_u_from_masks(k0, observed, row_sums, total)[0])
     null = []
     done = 0
     while done < permutations:
@@ -115,10 +125,45 @@ def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
         perm = random_permutations(take, n_total, generator, kernel.device)
         a = torch.zeros(take, n_total, dtype=kernel.dtype, device=kernel.device)
         a.scatter_(1, perm[:, :m], 1.0)
-        null.append(_u_from_masks(k0, a))
+        null.append(_u_from_masks(k0, a, row_sums, total))
         done += take
     null_t = torch.cat(null) if null else kernel.new_zeros(0)
     return stat, null_t
+
+
+def two_sample_u_many(kernels: list[torch.Tensor], m: int, *, permutations: int,
+                      generator: torch.Generator, chunk: int = 128):
+    """:func:`two_sample_u` for several kernels of the same pooled sample, every kernel judged
+    on the same relabellings (one ``[c, N] @ [N, K N]`` matmul per chunk).
+    Returns ``(statistics [K], null [K, permutations])``."""
+    n_total = kernels[0].shape[0]
+    k0 = torch.stack(kernels)  # [K, N, N]
+    k0 = k0 * (1.0 - torch.eye(n_total, dtype=k0.dtype, device=k0.device))
+    row_sums = k0.sum(2)  # [K, N]
+    totals = row_sums.sum(1)  # [K]
+    wide = k0.permute(1, 0, 2).reshape(n_total, -1)  # [N, K N]
+
+    def u(a):  # a [c, N] -> [K, c]
+        m_a = a.sum(1)
+        k_a = a.shape[1] - m_a
+        ka = (a @ wide).reshape(a.shape[0], len(kernels), n_total).permute(1, 0, 2)  # [K, c, N]
+        aka = (ka * a[None]).sum(2)
+        akb = ka.sum(2) - aka
+        bkb = totals[:, None] - 2.0 * (row_sums @ a.T) + aka
+        return aka / (m_a * (m_a - 1)) + bkb / (k_a * (k_a - 1)) - 2.0 * akb / (m_a * k_a)
+
+    observed = torch.zeros(1, n_total, dtype=k0.dtype, device=k0.device)
+    observed[0, :m] = 1.0
+    stats_ = u(observed)[:, 0]
+    null, done = [], 0
+    while done < permutations:
+        take = min(chunk, permutations - done)
+        perm = random_permutations(take, n_total, generator, k0.device)
+        a = torch.zeros(take, n_total, dtype=k0.dtype, device=k0.device)
+        a.scatter_(1, perm[:, :m], 1.0)
+        null.append(u(a))
+        done += take
+    return stats_, (torch.cat(null, dim=1) if null else k0.new_zeros(len(kernels), 0))
 
 
 def permutation_p_value(statistic: float, null: torch.Tensor) -> float:
