@@ -132,15 +132,24 @@ def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
 
 
 def two_sample_u_many(kernels: list[torch.Tensor], m: int, *, permutations: int,
-                      generator: torch.Generator, chunk: int = 128):
+                      generator: torch.Generator, chunk: int = 128, paired: bool = False):
     """:func:`two_sample_u` for several kernels of the same pooled sample, every kernel judged
     on the same relabellings (one ``[c, N] @ [N, K N]`` matmul per chunk).
-    Returns ``(statistics [K], null [K, permutations])``."""
+
+    ``paired``: the pooled sample is m pairs ``(i, m + i)`` (x_i, y_i). The statistic is then the
+    U-statistic over pairs (a pair's own cross term ``k(x_i, y_i)`` excluded, so it is unbiased
+    for MMD² whatever the dependence inside a pair), and the null swaps x_i and y_i inside
+    random pairs (exact when each pair is exchangeable under H0), instead of relabelling freely
+    (which would break the pairing). Returns ``(statistics [K], null [K, permutations])``.
+    """
     n_total = kernels[0].shape[0]
+    if paired and n_total != 2 * m:
+        raise ValueError("paired samples need N = 2 m")
     k0 = torch.stack(kernels)  # [K, N, N]
     k0 = k0 * (1.0 - torch.eye(n_total, dtype=k0.dtype, device=k0.device))
     row_sums = k0.sum(2)  # [K, N]
     totals = row_sums.sum(1)  # [K]
+    own = k0[:, torch.arange(m), torch.arange(m) + m].sum(1) if paired else None  # [K]
     wide = k0.permute(1, 0, 2).reshape(n_total, -1)  # [N, K N]
 
     def u(a):  # a [c, N] -> [K, c]
@@ -150,6 +159,8 @@ def two_sample_u_many(kernels: list[torch.Tensor], m: int, *, permutations: int,
         aka = (ka * a[None]).sum(2)
         akb = ka.sum(2) - aka
         bkb = totals[:, None] - 2.0 * (row_sums @ a.T) + aka
+        if paired:  # every pair split across the two samples: its own cross term is constant
+            return (aka + bkb - 2.0 * (akb - own[:, None])) / (m_a * (m_a - 1))
         return aka / (m_a * (m_a - 1)) + bkb / (k_a * (k_a - 1)) - 2.0 * akb / (m_a * k_a)
 
     observed = torch.zeros(1, n_total, dtype=k0.dtype, device=k0.device)
@@ -158,9 +169,14 @@ def two_sample_u_many(kernels: list[torch.Tensor], m: int, *, permutations: int,
     null, done = [], 0
     while done < permutations:
         take = min(chunk, permutations - done)
-        perm = random_permutations(take, n_total, generator, k0.device)
         a = torch.zeros(take, n_total, dtype=k0.dtype, device=k0.device)
-        a.scatter_(1, perm[:, :m], 1.0)
+        if paired:
+            flip = torch.rand(take, m, generator=generator, device=k0.device) < 0.5
+            a[:, :m] = (~flip).to(a.dtype)
+            a[:, m:] = flip.to(a.dtype)
+        else:
+            perm = random_permutations(take, n_total, generator, k0.device)
+            a.scatter_(1, perm[:, :m], 1.0)
         null.append(u(a))
         done += take
     return stats_, (torch.cat(null, dim=1) if null else k0.new_zeros(len(kernels), 0))
@@ -172,21 +188,22 @@ def permutation_p_value(statistic: float, null: torch.Tensor) -> float:
 
 def paired_bootstrap_u(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor,
                        weights: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """The MMD² U-statistic of paired samples under bootstrap weights ``[B, n]`` (pairs resampled
-    jointly). A pair drawn twice meets itself only on the excluded diagonal, so each replicate
-    is the U-statistic of its resample."""
-    kxx0, kyy0 = kxx.clone(), kyy.clone()
+    """The paired MMD² U-statistic (see :func:`two_sample_u_many`) under bootstrap weights
+    ``[B, n]`` (pairs resampled jointly). A pair drawn twice meets itself only on the excluded
+    diagonals, so each replicate is the U-statistic of its resample."""
+    kxx0, kyy0, kxy0 = kxx.clone(), kyy.clone(), kxy.clone()
     kxx0.fill_diagonal_(0.0)
     kyy0.fill_diagonal_(0.0)
+    kxy0.fill_diagonal_(0.0)
     out = []
     for w in weights.split(chunk):
         total = w.sum(1)
         own = total**2 - (w**2).sum(1)
         within_x = ((w @ kxx0) * w).sum(1) / own
         within_y = ((w @ kyy0) * w).sum(1) / own
-        # cross terms: x_i with y_j, i != j as pairs (a pair's own cross term is kept in the
-        # U-statistic of two independent samples; the paired design counts it like any other)
-        cross = ((w @ kxy) * w).sum(1) / total**2
+        # cross terms x_i with y_j over distinct pairs i != j (a pair's own term excluded, as in
+        # the paired U-statistic of two_sample_u_many)
+        cross = ((w @ kxy0) * w).sum(1) / own
         out.append(within_x + within_y - 2.0 * cross)
     return torch.cat(out)
 
