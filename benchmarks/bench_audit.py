@@ -44,12 +44,31 @@ def main() -> dict:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "cgeom_verify.cli", "audit", str(data),
-                               "--temperature", "0.05", "--reports", str(Path(tmp) / "r"),
-                               "--device", "cpu"], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cgeom_verify.cli",
+                "audit",
+                str(data),
+                "--temperature",
+                "0.05",
+                "--reports",
+                str(Path(tmp) / "r"),
+                "--device",
+                "cpu",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cert = json.loads((Path(tmp) / "r" / "certificate.json").read_text()) if proc.returncode in (0, 1) else {}
+        cert = (
+            json.loads((Path(tmp) / "r" / "certificate.json").read_text())
+            if proc.returncode in (0, 1)
+            else {}
+        )
     return {
         "pairs": N,
         "dim": D,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+
 from .audit import Series, audit_specs, section5_claims, trend_claim
 
 ENV = "CGEOM_AUDIT"

@@ -108,13 +108,17 @@ def _from_npz(loaded, location: str) -> np.ndarray:
     chosen = next((pair for pair in NPZ_NAMES if set(pair) <= set(names)), None)
     if chosen is None:
         if len(names) != 2:
-            raise InputError(f"{location}: .npz needs two arrays (image, text), found {len(names)}: "
-                             f"{', '.join(names) or 'none'}")
+            raise InputError(
+                f"{location}: .npz needs two arrays (image, text), found {len(names)}: "
+                f"{', '.join(names) or 'none'}"
+            )
         chosen = tuple(names)
     first, second = (np.asarray(loaded[k]) for k in chosen)
     if first.ndim != 2 or second.ndim != 2:
-        raise InputError(f"{location}: arrays {chosen[0]!r}, {chosen[1]!r} must be (n, d), got "
-                         f"{first.shape} and {second.shape}")
+        raise InputError(
+            f"{location}: arrays {chosen[0]!r}, {chosen[1]!r} must be (n, d), got "
+            f"{first.shape} and {second.shape}"
+        )
     if first.shape[0] != second.shape[0]:
         raise InputError(f"{location}: n mismatch: {first.shape[0]} images, {second.shape[0]} texts")
     if first.shape[1] != second.shape[1]:
@@ -138,15 +142,19 @@ def validate_pairs(data: np.ndarray, location: str) -> np.ndarray:
         raise InputError(f"{location}: {int((~np.isfinite(data)).sum())} NaN/inf entries")
     worst = float(np.abs(np.linalg.norm(data, axis=-1) - 1.0).max())
     if worst > UNIT_NORM_TOLERANCE:
-        raise InputError(f"{location}: rows must be L2-normalised (max |norm - 1| = {worst:.3g} > "
-                         f"{UNIT_NORM_TOLERANCE})")
+        raise InputError(
+            f"{location}: rows must be L2-normalised (max |norm - 1| = {worst:.3g} > {UNIT_NORM_TOLERANCE})"
+        )
     return data
 
 
 def sha256(location: str) -> str:
     digest = hashlib.sha256()
-    opener = (_shipped_path(location.split(":", 1)[1]).open("rb") if location.startswith("package:")
-              else open(location, "rb"))
+    opener = (
+        _shipped_path(location.split(":", 1)[1]).open("rb")
+        if location.startswith("package:")
+        else open(location, "rb")
+    )
     with opener as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -214,8 +222,8 @@ class Design:
     critic_clip: float = 10.0
     max_pairs: int = 1000
     classifier_pairs: int = 1000
-    permutations: Profiled = Profiled(quick=1000, full=5000)
-    bootstrap: Profiled = Profiled(quick=400, full=2000)
+    permutations: Profiled = Profiled(quick=500, full=5000)
+    bootstrap: Profiled = Profiled(quick=250, full=2000)
     lambdas: tuple = tuple(-0.5 + 0.125 * k for k in range(17))
     #: fixed seed of the subsample, the folds and the shuffle (Monte Carlo uses the run's seeds)
     data_seed: int = 0
@@ -238,8 +246,9 @@ class Prepared:
 
 
 def _rng(design: Design, *tags) -> np.random.Generator:
-    return np.random.default_rng([design.data_seed, *[int(hashlib.sha1(str(t).encode()).hexdigest()[:8], 16)
-                                                      for t in tags]])
+    return np.random.default_rng(
+        [design.data_seed, *[int(hashlib.sha1(str(t).encode()).hexdigest()[:8], 16) for t in tags]]
+    )
 
 
 def _mutate(data: np.ndarray, mutation: str, rng: np.random.Generator) -> np.ndarray:
@@ -248,11 +257,11 @@ def _mutate(data: np.ndarray, mutation: str, rng: np.random.Generator) -> np.nda
     if mutation == "image-vs-image":
         p = rng.permutation(n)
         half = n // 2
-        return np.stack([x[p[:half]], x[p[half:2 * half]]])
+        return np.stack([x[p[:half]], x[p[half : 2 * half]]])
     if mutation == "rotate-text":
-        q, r = np.linalg.qr(rng.standard_normal((x.shape[1], x.shape[1])))
-        q = q * np.sign(np.diag(r))  # Haar
-        return np.stack([x, y @ q])
+        q, r = torch.linalg.qr(torch.from_numpy(rng.standard_normal((x.shape[1], x.shape[1]))))
+        q = (q * torch.sign(torch.diagonal(r))).numpy()  # Haar
+        return np.stack([x, (torch.from_numpy(y) @ torch.from_numpy(q)).numpy()])
     if mutation == "text-is-image":
         return np.stack([x, x])
     if mutation == "mix-modalities":
@@ -263,8 +272,11 @@ def _mutate(data: np.ndarray, mutation: str, rng: np.random.Generator) -> np.nda
 
 @functools.lru_cache(maxsize=16)
 def _prepared(source: Source, design: Design, device: str) -> Prepared:
-    data = _mutate(_pairs(source.location), source.mutation if source.mutation != "shuffle-pairs"
-                   else "", _rng(design, source.label, source.mutation))
+    data = _mutate(
+        _pairs(source.location),
+        source.mutation if source.mutation != "shuffle-pairs" else "",
+        _rng(design, source.label, source.mutation),
+    )
     n = data.shape[1]
     rng = _rng(design, source.label, "subsample")
     sub = np.sort(rng.permutation(n)[: min(n, design.max_pairs)])
@@ -298,8 +310,15 @@ def _interval(boot: torch.Tensor, level: float = 0.95) -> list[float]:
 
 
 @functools.lru_cache(maxsize=16)
-def gap_statistics(source: Source, design: Design, permutations: int, bootstrap: int, seed: int,
-                   device: str, level: float = 0.05) -> dict:
+def gap_statistics(
+    source: Source,
+    design: Design,
+    permutations: int,
+    bootstrap: int,
+    seed: int,
+    device: str,
+    level: float = 0.05,
+) -> dict:
     """Energy distance and RBF MMD² (paired U-statistics, unbiased; null: random swaps of image
     and text inside pairs), centroid distance, with paired-bootstrap intervals; the designed
     alternative's power; held-out separability."""
@@ -326,8 +345,11 @@ def gap_statistics(source: Source, design: Design, permutations: int, bootstrap:
     for k, (name, kern) in enumerate(zip(names, kernels, strict=True)):
         row = {"value": float(values[k]), "set_value": float(set_values[k])}
         if permutations:
-            row.update(p_value=ts.permutation_p_value(row["value"], nulls[k]), null_mean=float(nulls[k].mean()),
-                       null_sd=float(nulls[k].std()))
+            row.update(
+                p_value=ts.permutation_p_value(row["value"], nulls[k]),
+                null_mean=float(nulls[k].mean()),
+                null_sd=float(nulls[k].std()),
+            )
         if weights is not None:
             boot = ts.paired_bootstrap_u(kern[:m, :m], kern[m:, m:], kern[:m, m:], weights)
             row.update(se=float(boot.std()), interval95=_interval(boot))
@@ -345,17 +367,23 @@ def gap_statistics(source: Source, design: Design, permutations: int, bootstrap:
             shifted = torch.zeros(2 * m, dtype=xs.dtype, device=xs.device)
             shifted[perm[m:]] = 1.0
             norm = torch.sqrt(1.0 + 2.0 * e * proj * shifted + e * e * shifted)
-            g_alt = (gram + e * (proj[:, None] * shifted[None, :] + shifted[:, None] * proj[None, :])
-                     + e * e * shifted[:, None] * shifted[None, :]) / (norm[:, None] * norm[None, :])
+            g_alt = (
+                gram
+                + e * (proj[:, None] * shifted[None, :] + shifted[:, None] * proj[None, :])
+                + e * e * shifted[:, None] * shifted[None, :]
+            ) / (norm[:, None] * norm[None, :])
             order = torch.cat([perm[:m], perm[m:]])
             d_alt = (2.0 - 2.0 * g_alt[order][:, order]).clamp_min(0.0).sqrt()
-            alt.append(ts.two_sample_u_many(kernels_of(d_alt), m, permutations=0, generator=gen, paired=True)[0])
+            alt.append(
+                ts.two_sample_u_many(kernels_of(d_alt), m, permutations=0, generator=gen, paired=True)[0]
+            )
         alt_mean = torch.stack(alt).mean(0)
         for k, name in enumerate(names):
             row = out[name]
             row["designed_alternative"] = float(alt_mean[k])
-            row["power"] = ts.normal_power(row["designed_alternative"] - row["null_mean"], row["null_sd"],
-                                           level)
+            row["power"] = ts.normal_power(
+                row["designed_alternative"] - row["null_mean"], row["null_sd"], level
+            )
     full_weights = ts.bootstrap_counts(bootstrap, prep.x.shape[0], gen, xs.device) if bootstrap else None
     if full_weights is not None:
         c, boot = ts.centroid_distance_bootstrap(prep.x, prep.y, full_weights)
@@ -380,7 +408,7 @@ def classifier_statistics(source: Source, design: Design, device: str) -> dict:
     c = x.shape[0]
     rng = _rng(design, source.label, "folds")
     order = torch.as_tensor(rng.permutation(c), device=x.device)
-    folds = (order[: c // 2], order[c // 2:])
+    folds = (order[: c // 2], order[c // 2 :])
     correct, hits_x, hits_y, terms, logits_x, logits_y = 0, 0, 0, [], [], []
     for k in range(2):
         test, train = folds[k], folds[1 - k]
@@ -395,8 +423,12 @@ def classifier_statistics(source: Source, design: Design, device: str) -> dict:
         cal_features, cal_labels = stack(cal)
         score = ts.logistic_logit(w, cal_features)[:, None]
         scale = ts.fit_logistic(score, cal_labels, 0.0)
-        lx = (ts.logistic_logit(w, x[test]) * scale[0] + scale[1]).clamp(-design.critic_clip, design.critic_clip)
-        ly = (ts.logistic_logit(w, y[test]) * scale[0] + scale[1]).clamp(-design.critic_clip, design.critic_clip)
+        lx = (ts.logistic_logit(w, x[test]) * scale[0] + scale[1]).clamp(
+            -design.critic_clip, design.critic_clip
+        )
+        ly = (ts.logistic_logit(w, y[test]) * scale[0] + scale[1]).clamp(
+            -design.critic_clip, design.critic_clip
+        )
         called_x = int((ts.logistic_logit(w, x[test]) > 0).sum())
         called_y = int((ts.logistic_logit(w, y[test]) > 0).sum())
         hits_x, hits_y = hits_x + called_x, hits_y + called_y
@@ -432,8 +464,9 @@ def classifier_statistics(source: Source, design: Design, device: str) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def alignment_statistics(source: Source, design: Design, permutations: int, seed: int, device: str,
-                         level: float = 0.05) -> dict:
+def alignment_statistics(
+    source: Source, design: Design, permutations: int, seed: int, device: str, level: float = 0.05
+) -> dict:
     """Paired vs unpaired cosine (all pairs, linear), the paired permutation test, the true
     partner's rank and recall@1 both ways among the subsample (exact binomial vs 1/m)."""
     prep = _prepared(source, design, device)
@@ -455,15 +488,25 @@ def alignment_statistics(source: Source, design: Design, permutations: int, seed
     out["pairs_quadratic"] = m
     if permutations:
         stat, null = ts.pairing_permutation(sim, permutations, gen)
-        out["permutation"] = {"statistic": stat, "p_value": ts.permutation_p_value(stat, null),
-                              "null_sd": float(null.std()),
-                              "power": ts.normal_power(design.alignment_effect, float(null.std()), level)}
+        out["permutation"] = {
+            "statistic": stat,
+            "p_value": ts.permutation_p_value(stat, null),
+            "null_sd": float(null.std()),
+            "power": ts.normal_power(design.alignment_effect, float(null.std()), level),
+        }
     chance = 1.0 / m
     for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
         hits = int((s.argmax(1) == torch.arange(m, device=s.device)).sum())
         p, power = ts.binomial_test(hits, m, chance, chance + design.retrieval_effect, level)
-        row = {"recall1": hits / m, "hits": hits, "candidates": m, "chance": chance,
-               "interval95": list(stats.clopper_pearson(hits, m, 0.05)), "p_value": p, "power": power}
+        row = {
+            "recall1": hits / m,
+            "hits": hits,
+            "candidates": m,
+            "chance": chance,
+            "interval95": list(stats.clopper_pearson(hits, m, 0.05)),
+            "p_value": p,
+            "power": power,
+        }
         # true partner's rank percentile (0 = top, 1 = bottom) among the m candidates
         ranks = s.argsort(1, descending=True).argsort(1).to(s.dtype) / (m - 1)
         row["mean_rank_percentile"] = float(ranks.diagonal().mean())
@@ -557,58 +600,90 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
     gap = Claim(
         id=f"{spec.key}-gap-exists",
         reference=f"{reference}: the modality gap",
-        statement=(f"{title}: the image and text marginals differ. Unbiased energy distance "
-                   "(chordal metric; U-statistic over pairs) rejects P = Q under its exact permutation "
-                   "null (image and text swapped inside random pairs); the centroid "
-                   "distance exceeds 0; a held-out linear classifier separates the modalities above "
-                   "chance (exact binomial). RBF MMD² at 0.5/1/2 x the median distance (the authors' "
-                   "statistic) is recorded with its permutation p-values and bootstrap intervals."),
-        assumptions=("pairs i.i.d.; rows unit-norm",
-                     f"designed alternative: a centroid shift of {d.gap_effect} (unit sphere) for the "
-                     f"permutation tests and the centroid distance; accuracy 1/2 + {d.accuracy_effect}"),
+        statement=(
+            f"{title}: the image and text marginals differ. Unbiased energy distance "
+            "(chordal metric; U-statistic over pairs) rejects P = Q under its exact permutation "
+            "null (image and text swapped inside random pairs); the centroid "
+            "distance exceeds 0; a held-out linear classifier separates the modalities above "
+            "chance (exact binomial). RBF MMD² at 0.5/1/2 x the median distance (the authors' "
+            "statistic) is recorded with its permutation p-values and bootstrap intervals."
+        ),
+        assumptions=(
+            "pairs i.i.d.; rows unit-norm",
+            f"designed alternative: a centroid shift of {d.gap_effect} (unit sphere) for the "
+            f"permutation tests and the centroid distance; accuracy 1/2 + {d.accuracy_effect}",
+        ),
         subject=src,
     )
 
     @gap.check("gap statistics vs permutation null, effect sizes", **one)
     def gap_check(run):
-        s = gap_statistics(run.subject, d, run.pick(d.permutations), run.pick(d.bootstrap), run.check_seed,
-                           device_of(run), run.false_pass_rate)
+        s = gap_statistics(
+            run.subject,
+            d,
+            run.pick(d.permutations),
+            run.pick(d.bootstrap),
+            run.check_seed,
+            device_of(run),
+            run.false_pass_rate,
+        )
         cls = s["classifier"]
-        p_acc, power_acc = ts.binomial_test(cls["correct"], cls["trials"], 0.5, 0.5 + d.accuracy_effect,
-                                            run.false_pass_rate)
+        p_acc, power_acc = ts.binomial_test(
+            cls["correct"], cls["trials"], 0.5, 0.5 + d.accuracy_effect, run.false_pass_rate
+        )
         run.record("gap", s)
         return [
-            stats.demonstrate("energy distance > 0 (permutation null)", s["energy"]["value"],
-                              s["energy"]["p_value"], power=s["energy"]["power"],
-                              note=f"95% bootstrap {s['energy'].get('interval95')}"),
-            stats.exceeds("centroid distance |mean x - mean y|", s["centroid"]["value"], s["centroid"]["se"],
-                          0.0, effect=d.gap_effect, note="paired bootstrap s.e."),
-            stats.demonstrate("held-out linear separability > 1/2 (exact binomial)", cls["accuracy"],
-                              p_acc, power=power_acc,
-                              note=f"{cls['correct']}/{cls['trials']} held-out, 95% CP "
-                                   f"{cls['accuracy_interval95']}"),
+            stats.demonstrate(
+                "energy distance > 0 (permutation null)",
+                s["energy"]["value"],
+                s["energy"]["p_value"],
+                power=s["energy"]["power"],
+                note=f"95% bootstrap {s['energy'].get('interval95')}",
+            ),
+            stats.exceeds(
+                "centroid distance |mean x - mean y|",
+                s["centroid"]["value"],
+                s["centroid"]["se"],
+                0.0,
+                effect=d.gap_effect,
+                note="paired bootstrap s.e.",
+            ),
+            stats.demonstrate(
+                "held-out linear separability > 1/2 (exact binomial)",
+                cls["accuracy"],
+                p_acc,
+                power=power_acc,
+                note=f"{cls['correct']}/{cls['trials']} held-out, 95% CP {cls['accuracy_interval95']}",
+            ),
         ]
 
-    gap.control("both modalities drawn from the image set", check=gap_check,
-                mutant=replace(src, mutation="image-vs-image"),
-                description="two disjoint halves of the images: P = Q, every gap test must fail")
+    gap.control(
+        "both modalities drawn from the image set",
+        check=gap_check,
+        mutant=replace(src, mutation="image-vs-image"),
+        description="two disjoint halves of the images: P = Q, every gap test must fail",
+    )
     claims["gap"] = gap
 
     # 2 -------------------------------------------------------------------------------------
     div = Claim(
         id=f"{spec.key}-divergence-bound",
         reference=f"{reference}: D_S on real data (Prop 4.1's -D_S term)",
-        statement=(f"{title}: D_S(P, Q) = (KL(P||Q) + KL(Q||P))/2 >= b > 0 at 95 %. b is the NWJ / "
-                   "Donsker-Varadhan bound KL(P||Q) >= E_P[T] - E_Q[exp(T - 1)] maximised over the "
-                   "critics T = u + v 1{a held-out linear classifier calls it an image}, i.e. the "
-                   "binary D_S of the classifier's two held-out call rates (data processing), at their "
-                   "exact Clopper-Pearson limits. This is a LOWER bound: the density ratio in 512 "
-                   "dimensions is out of reach and D_S itself may be much larger (with all held-out "
-                   "points separated, b is limited by the number of pairs, not by D_S)."),
-        assumptions=("pairs i.i.d.; the classifier is fitted on other pairs than those it is evaluated "
-                     "on (two-fold cross-fitting)",
-                     f"designed: D_S {d.divergence_effect} nats (call rates 1/2 +- "
-                     f"{ts.designed_rate_gap(d.divergence_effect):.3f})"),
+        statement=(
+            f"{title}: D_S(P, Q) = (KL(P||Q) + KL(Q||P))/2 >= b > 0 at 95 %. b is the NWJ / "
+            "Donsker-Varadhan bound KL(P||Q) >= E_P[T] - E_Q[exp(T - 1)] maximised over the "
+            "critics T = u + v 1{a held-out linear classifier calls it an image}, i.e. the "
+            "binary D_S of the classifier's two held-out call rates (data processing), at their "
+            "exact Clopper-Pearson limits. This is a LOWER bound: the density ratio in 512 "
+            "dimensions is out of reach and D_S itself may be much larger (with all held-out "
+            "points separated, b is limited by the number of pairs, not by D_S)."
+        ),
+        assumptions=(
+            "pairs i.i.d.; the classifier is fitted on other pairs than those it is evaluated "
+            "on (two-fold cross-fitting)",
+            f"designed: D_S {d.divergence_effect} nats (call rates 1/2 +- "
+            f"{ts.designed_rate_gap(d.divergence_effect):.3f})",
+        ),
         subject=src,
     )
 
@@ -623,40 +698,64 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         z = float(_scipy_stats.norm.ppf(1 - run.false_pass_rate / 2))
         power = float(_scipy_stats.norm.cdf((2 * e - z * 2 * math.sqrt((0.25 - e * e) / c)) / sd))
         bound = cls["ds_lower_95_binary"]
-        run.record("divergence", {**cls, "statement": f"D_S >= {bound:.4g} nats at 95 % (a lower bound)",
-                                  "note": "nwj_logit_critic: the NWJ estimate with the calibrated, clipped "
-                                          f"logit (|logit| <= {d.critic_clip}) as critic, recorded only"})
-        return [stats.demonstrate("D_S lower bound > 0 (held-out binary critic, exact)", bound,
-                                  cls["ds_binary_p_value"], power=power,
-                                  note=f"D_S >= {bound:.4g} nats at 95 % (lower bound); "
-                                       f"{cls['image_called_image']}/{c} images and "
-                                       f"{cls['text_called_image']}/{c} texts called image")]
+        run.record(
+            "divergence",
+            {
+                **cls,
+                "statement": f"D_S >= {bound:.4g} nats at 95 % (a lower bound)",
+                "note": "nwj_logit_critic: the NWJ estimate with the calibrated, clipped "
+                f"logit (|logit| <= {d.critic_clip}) as critic, recorded only",
+            },
+        )
+        return [
+            stats.demonstrate(
+                "D_S lower bound > 0 (held-out binary critic, exact)",
+                bound,
+                cls["ds_binary_p_value"],
+                power=power,
+                note=f"D_S >= {bound:.4g} nats at 95 % (lower bound); "
+                f"{cls['image_called_image']}/{c} images and "
+                f"{cls['text_called_image']}/{c} texts called image",
+            )
+        ]
 
-    div.control("both modalities drawn from the image set", check=div_check,
-                mutant=replace(src, mutation="image-vs-image"),
-                description="P = Q: D_S = 0, no critic can certify a positive bound")
+    div.control(
+        "both modalities drawn from the image set",
+        check=div_check,
+        mutant=replace(src, mutation="image-vs-image"),
+        description="P = Q: D_S = 0, no critic can certify a positive bound",
+    )
     claims["divergence"] = div
 
     # 3 -------------------------------------------------------------------------------------
     if spec.kind == "random":
-        align_statement = (f"{title} (random initialisation): no pairwise alignment: the paired "
-                           f"cosine equals the unpaired within {d.alignment_effect} and recall@1 equals "
-                           f"chance within {d.retrieval_effect}, both directions (equivalence, TOST); "
-                           "the gap of claim 1 exists without alignment.")
+        align_statement = (
+            f"{title} (random initialisation): no pairwise alignment: the paired "
+            f"cosine equals the unpaired within {d.alignment_effect} and recall@1 equals "
+            f"chance within {d.retrieval_effect}, both directions (equivalence, TOST); "
+            "the gap of claim 1 exists without alignment."
+        )
     else:
-        retrieval = ("recall@1 above chance (exact binomial) and the true partner's rank above "
-                     "chance (paired permutation), both directions" if spec.retrieval == "top1" else
-                     "the true partner's rank above chance (paired permutation), both directions; "
-                     "recall@1 is NOT claimed (" + (spec.note or "weak retrieval") + "), only recorded")
-        align_statement = (f"{title}: strong pairwise alignment coexists with the gap: paired cosine "
-                           f"above unpaired (paired permutation test), {retrieval}.")
+        retrieval = (
+            "recall@1 above chance (exact binomial) and the true partner's rank above "
+            "chance (paired permutation), both directions"
+            if spec.retrieval == "top1"
+            else "the true partner's rank above chance (paired permutation), both directions; "
+            "recall@1 is NOT claimed (" + (spec.note or "weak retrieval") + "), only recorded"
+        )
+        align_statement = (
+            f"{title}: strong pairwise alignment coexists with the gap: paired cosine "
+            f"above unpaired (paired permutation test), {retrieval}."
+        )
     align = Claim(
         id=f"{spec.key}-alignment",
         reference=f"{reference}: alignment coexists with the gap",
         statement=align_statement,
-        assumptions=("pairs i.i.d.; retrieval among the pairs of the (sub)sample",
-                     f"designed: cosine excess {d.alignment_effect}, recall@1 chance + {d.retrieval_effect}, "
-                     f"rank percentile {d.rank_effect} above chance"),
+        assumptions=(
+            "pairs i.i.d.; retrieval among the pairs of the (sub)sample",
+            f"designed: cosine excess {d.alignment_effect}, recall@1 chance + {d.retrieval_effect}, "
+            f"rank percentile {d.rank_effect} above chance",
+        ),
         subject=src,
     )
 
@@ -665,55 +764,98 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         if spec.kind == "random":
             for direction in ("image_to_text", "text_to_image"):
                 r = s[direction]
-                se = math.sqrt(max(r["recall1"] * (1 - r["recall1"]), r["chance"] * (1 - r["chance"]))
-                               / r["candidates"])
-                tests.append(stats.equivalent(f"recall@1 {direction} = chance", r["recall1"], se, r["chance"],
-                                              margin=d.retrieval_effect))
-            tests.append(stats.equivalent("paired - unpaired cosine = 0", s["difference"], s["difference_se"],
-                                          0.0, margin=d.alignment_effect))
+                se = math.sqrt(
+                    max(r["recall1"] * (1 - r["recall1"]), r["chance"] * (1 - r["chance"])) / r["candidates"]
+                )
+                tests.append(
+                    stats.equivalent(
+                        f"recall@1 {direction} = chance",
+                        r["recall1"],
+                        se,
+                        r["chance"],
+                        margin=d.retrieval_effect,
+                    )
+                )
+            tests.append(
+                stats.equivalent(
+                    "paired - unpaired cosine = 0",
+                    s["difference"],
+                    s["difference_se"],
+                    0.0,
+                    margin=d.alignment_effect,
+                )
+            )
             return tests
-        tests.append(stats.demonstrate("paired cosine > unpaired (paired permutation)",
-                                       s["difference"], s["permutation"]["p_value"],
-                                       power=s["permutation"]["power"]))
+        tests.append(
+            stats.demonstrate(
+                "paired cosine > unpaired (paired permutation)",
+                s["difference"],
+                s["permutation"]["p_value"],
+                power=s["permutation"]["power"],
+            )
+        )
         for direction in ("image_to_text", "text_to_image"):
             r = s[direction]
-            tests.append(stats.demonstrate(f"true partner's rank above chance {direction} (permutation)",
-                                           r["mean_rank_percentile"], r["rank_p_value"], power=r["rank_power"]))
+            tests.append(
+                stats.demonstrate(
+                    f"true partner's rank above chance {direction} (permutation)",
+                    r["mean_rank_percentile"],
+                    r["rank_p_value"],
+                    power=r["rank_power"],
+                )
+            )
             if spec.retrieval == "top1":
-                tests.append(stats.demonstrate(f"recall@1 {direction} > chance (exact binomial)", r["recall1"],
-                                               r["p_value"], power=r["power"],
-                                               note=f"{r['hits']}/{r['candidates']}, 95% CP {r['interval95']}"))
+                tests.append(
+                    stats.demonstrate(
+                        f"recall@1 {direction} > chance (exact binomial)",
+                        r["recall1"],
+                        r["p_value"],
+                        power=r["power"],
+                        note=f"{r['hits']}/{r['candidates']}, 95% CP {r['interval95']}",
+                    )
+                )
         return tests
 
     @align.check("paired vs unpaired cosine, retrieval both directions", **one)
     def align_check(run):
-        s = alignment_statistics(run.subject, d, run.pick(d.permutations), run.check_seed, device_of(run),
-                                 run.false_pass_rate)
+        s = alignment_statistics(
+            run.subject, d, run.pick(d.permutations), run.check_seed, device_of(run), run.false_pass_rate
+        )
         run.record("alignment", s)
         return alignment_tests(s)
 
     if spec.kind == "random":
-        align.control("each text replaced by its image", check=align_check,
-                      mutant=replace(src, mutation="text-is-image"),
-                      description="perfect alignment: 'at chance' must be rejected")
+        align.control(
+            "each text replaced by its image",
+            check=align_check,
+            mutant=replace(src, mutation="text-is-image"),
+            description="perfect alignment: 'at chance' must be rejected",
+        )
     else:
-        align.control("random rotation of the text embeddings", check=align_check,
-                      mutant=replace(src, mutation="rotate-text"),
-                      description="a Haar rotation of one modality destroys the alignment")
+        align.control(
+            "random rotation of the text embeddings",
+            check=align_check,
+            mutant=replace(src, mutation="rotate-text"),
+            description="a Haar rotation of one modality destroys the alignment",
+        )
     claims["alignment"] = align
 
     # 4 -------------------------------------------------------------------------------------
     shuffle = Claim(
         id=f"{spec.key}-shuffle-control",
         reference=f"{reference}: pairwise alignment alone does not control the marginals (abstract)",
-        statement=(f"{title}: permuting the pairing destroys alignment (paired - unpaired cosine = 0 and "
-                   "recall@1 = chance, both directions, by equivalence) while every gap statistic is "
-                   "unchanged: centroid distance, energy distance and MMD² of the two sets exactly (the "
-                   "marginals are the same sets; to rounding), held-out separability by equivalence (the classifier "
-                   "is refitted on the re-paired folds; the D_S bound is recorded)."),
-        assumptions=("the shuffle is a uniform random re-pairing of the same images and texts",
-                     f"margins: cosine {d.alignment_effect}, recall@1 {d.retrieval_effect}, accuracy "
-                     f"{d.accuracy_effect}"),
+        statement=(
+            f"{title}: permuting the pairing destroys alignment (paired - unpaired cosine = 0 and "
+            "recall@1 = chance, both directions, by equivalence) while every gap statistic is "
+            "unchanged: centroid distance, energy distance and MMD² of the two sets exactly (the "
+            "marginals are the same sets; to rounding), held-out separability by equivalence (the classifier "
+            "is refitted on the re-paired folds; the D_S bound is recorded)."
+        ),
+        assumptions=(
+            "the shuffle is a uniform random re-pairing of the same images and texts",
+            f"margins: cosine {d.alignment_effect}, recall@1 {d.retrieval_effect}, accuracy "
+            f"{d.accuracy_effect}",
+        ),
         subject=replace(src, mutation="shuffle-pairs"),
     )
 
@@ -727,15 +869,30 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         # a uniform re-pairing: the statistic's law is exactly the permutation distribution, whose
         # s.d. (over the subsample's re-pairings) is its standard error
         perm_sd = s["permutation"]["null_sd"] * math.sqrt(s["pairs_quadratic"] / s["pairs_total"])
-        tests = [stats.equivalent("shuffled: paired - unpaired cosine = 0", s["difference"],
-                                  perm_sd, 0.0, margin=d.alignment_effect,
-                                  note="s.e.: s.d. of the re-pairing distribution")]
+        tests = [
+            stats.equivalent(
+                "shuffled: paired - unpaired cosine = 0",
+                s["difference"],
+                perm_sd,
+                0.0,
+                margin=d.alignment_effect,
+                note="s.e.: s.d. of the re-pairing distribution",
+            )
+        ]
         for direction in ("image_to_text", "text_to_image"):
             r = s[direction]
-            se = math.sqrt(max(r["recall1"] * (1 - r["recall1"]), r["chance"] * (1 - r["chance"]))
-                           / r["candidates"])
-            tests.append(stats.equivalent(f"shuffled: recall@1 {direction} = chance", r["recall1"], se,
-                                          r["chance"], margin=d.retrieval_effect))
+            se = math.sqrt(
+                max(r["recall1"] * (1 - r["recall1"]), r["chance"] * (1 - r["chance"])) / r["candidates"]
+            )
+            tests.append(
+                stats.equivalent(
+                    f"shuffled: recall@1 {direction} = chance",
+                    r["recall1"],
+                    se,
+                    r["chance"],
+                    margin=d.retrieval_effect,
+                )
+            )
         eps = float(np.finfo(np.float64).eps)
         m2 = (2 * before["pairs_quadratic"]) ** 2
         n_total = before["pairs_total"]
@@ -744,46 +901,82 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         # in another order after the re-pairing: |error| <= 2 N^2 eps * max|term| (two evaluations);
         # centroid: n d terms bounded by 2.
         for key, name, scale in (("energy", "energy distance", 2.0), ("mmd@1.0", "RBF MMD^2", 1.0)):
-            tests.append(stats.within_precision(f"shuffled: {name} of the two sets unchanged",
-                                                after[key]["set_value"], before[key]["set_value"],
-                                                4.0 * m2 * eps * scale))
-        tests.append(stats.within_precision("shuffled: centroid distance unchanged", after["centroid"]["value"],
-                                            before["centroid"]["value"], 4.0 * n_total * dim * eps * 2.0))
+            tests.append(
+                stats.within_precision(
+                    f"shuffled: {name} of the two sets unchanged",
+                    after[key]["set_value"],
+                    before[key]["set_value"],
+                    4.0 * m2 * eps * scale,
+                )
+            )
+        tests.append(
+            stats.within_precision(
+                "shuffled: centroid distance unchanged",
+                after["centroid"]["value"],
+                before["centroid"]["value"],
+                4.0 * n_total * dim * eps * 2.0,
+            )
+        )
         cb, ca = before["classifier"], after["classifier"]
-        acc_se = math.sqrt(ca["accuracy"] * (1 - ca["accuracy"]) / ca["trials"]
-                           + cb["accuracy"] * (1 - cb["accuracy"]) / cb["trials"])
-        tests.append(stats.equivalent("shuffled - original held-out accuracy = 0", ca["accuracy"] - cb["accuracy"],
-                                      max(acc_se, 1.0 / ca["trials"]), 0.0, margin=d.accuracy_effect,
-                                      note="s.e. of two binomial proportions (conservative: the same items)"))
-        run.record("shuffle", {
-            "alignment_after": s,
-            "before": {k: before[k].get("set_value", before[k]["value"]) for k in ("energy", "mmd@1.0", "centroid")},
-            "after": {k: after[k].get("set_value", after[k]["value"]) for k in ("energy", "mmd@1.0", "centroid")},
-            "paired_estimates_before_after": {k: [before[k]["value"], after[k]["value"]]
-                                              for k in ("energy", "mmd@1.0")},
-            "accuracy": [cb["accuracy"], ca["accuracy"]],
-            "ds_lower_95": [cb["ds_lower_95_binary"], ca["ds_lower_95_binary"]],
-        })
+        acc_se = math.sqrt(
+            ca["accuracy"] * (1 - ca["accuracy"]) / ca["trials"]
+            + cb["accuracy"] * (1 - cb["accuracy"]) / cb["trials"]
+        )
+        tests.append(
+            stats.equivalent(
+                "shuffled - original held-out accuracy = 0",
+                ca["accuracy"] - cb["accuracy"],
+                max(acc_se, 1.0 / ca["trials"]),
+                0.0,
+                margin=d.accuracy_effect,
+                note="s.e. of two binomial proportions (conservative: the same items)",
+            )
+        )
+        run.record(
+            "shuffle",
+            {
+                "alignment_after": s,
+                "before": {
+                    k: before[k].get("set_value", before[k]["value"])
+                    for k in ("energy", "mmd@1.0", "centroid")
+                },
+                "after": {
+                    k: after[k].get("set_value", after[k]["value"]) for k in ("energy", "mmd@1.0", "centroid")
+                },
+                "paired_estimates_before_after": {
+                    k: [before[k]["value"], after[k]["value"]] for k in ("energy", "mmd@1.0")
+                },
+                "accuracy": [cb["accuracy"], ca["accuracy"]],
+                "ds_lower_95": [cb["ds_lower_95_binary"], ca["ds_lower_95_binary"]],
+            },
+        )
         return tests
 
-    shuffle.control("a 'shuffle' that mixes the modalities", check=shuffle_check,
-                    mutant=replace(src, mutation="mix-modalities"),
-                    description="images and texts pooled and dealt out again: the marginals change, "
-                                "'gap unchanged' must fail")
+    shuffle.control(
+        "a 'shuffle' that mixes the modalities",
+        check=shuffle_check,
+        mutant=replace(src, mutation="mix-modalities"),
+        description="images and texts pooled and dealt out again: the marginals change, "
+        "'gap unchanged' must fail",
+    )
     claims["shuffle"] = shuffle
 
     # 5 -------------------------------------------------------------------------------------
     objective = Claim(
         id=f"{spec.key}-gap-held-by-objective",
         reference=f"{reference}: the gap is held by the objective (Liang et al.'s shift)",
-        statement=(f"{title}: at temperature tau = {src.temperature:g}, translating both modalities "
-                   "along the centroid difference and renormalising (l = 0 trained, l = 1 closed gap), "
-                   "the symmetric InfoNCE over the pairs is higher at the closed gap than at the trained "
-                   "one, and the trained geometry is within the designed discrepancy of the curve's "
-                   "minimum over l in [-0.5, 1.5] (paired bootstrap over pairs)."),
-        assumptions=(f"tau = {src.temperature:g} ({spec.note or 'the model temperature'})",
-                     f"designed: {d.loss_effect} x log m nats of symmetric InfoNCE (m pairs: the "
-                     "chance-level loss is log m)"),
+        statement=(
+            f"{title}: at temperature tau = {src.temperature:g}, translating both modalities "
+            "along the centroid difference and renormalising (l = 0 trained, l = 1 closed gap), "
+            "the symmetric InfoNCE over the pairs is higher at the closed gap than at the trained "
+            "one, and the trained geometry is within the designed discrepancy of the curve's "
+            "minimum over l in [-0.5, 1.5] (paired bootstrap over pairs)."
+        ),
+        assumptions=(
+            f"tau = {src.temperature:g} ({spec.note or 'the model temperature'})",
+            f"designed: {d.loss_effect} x log m nats of symmetric InfoNCE (m pairs: the "
+            "chance-level loss is log m)",
+        ),
         subject=src,
     )
 
@@ -793,23 +986,46 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         effect = d.loss_effect * math.log(s["pairs_quadratic"])
         run.record("shift", {**s, "designed_nats": effect})
         lam, lo, hi = s["lambda"], [v[0] for v in s["loss_interval95"]], [v[1] for v in s["loss_interval95"]]
-        run.figure(f"{title}: symmetric InfoNCE vs shift (tau = {src.temperature:g})", [
-            {"label": "loss (95 % bootstrap band)", "x": lam, "y": s["loss"], "lower": lo, "upper": hi,
-             "style": "band"},
-            {"label": "loss", "x": lam, "y": s["loss"], "style": "points"},
-        ], xlabel="shift l (0 trained, 1 closed gap)", ylabel="symmetric InfoNCE (nats)")
+        run.figure(
+            f"{title}: symmetric InfoNCE vs shift (tau = {src.temperature:g})",
+            [
+                {
+                    "label": "loss (95 % bootstrap band)",
+                    "x": lam,
+                    "y": s["loss"],
+                    "lower": lo,
+                    "upper": hi,
+                    "style": "band",
+                },
+                {"label": "loss", "x": lam, "y": s["loss"], "style": "points"},
+            ],
+            xlabel="shift l (0 trained, 1 closed gap)",
+            ylabel="symmetric InfoNCE (nats)",
+        )
         return [
-            stats.exceeds("loss(closed gap) - loss(trained)", s["closing_raises_loss"], s["closing_se"], 0.0,
-                          effect=effect),
-            stats.at_most("loss(trained) - min over the shift", s["trained_minus_min"],
-                          s["trained_minus_min_se"], 0.0, discrepancy=effect,
-                          note=f"argmin l = {s['argmin_lambda']:g}, 95 % bootstrap "
-                               f"{s['argmin_lambda_interval95']}"),
+            stats.exceeds(
+                "loss(closed gap) - loss(trained)",
+                s["closing_raises_loss"],
+                s["closing_se"],
+                0.0,
+                effect=effect,
+            ),
+            stats.at_most(
+                "loss(trained) - min over the shift",
+                s["trained_minus_min"],
+                s["trained_minus_min_se"],
+                0.0,
+                discrepancy=effect,
+                note=f"argmin l = {s['argmin_lambda']:g}, 95 % bootstrap {s['argmin_lambda_interval95']}",
+            ),
         ]
 
-    objective.control("both modalities drawn from the image set", check=objective_check,
-                      mutant=replace(src, mutation="image-vs-image"),
-                      description="no gap to close: closing it cannot raise the loss")
+    objective.control(
+        "both modalities drawn from the image set",
+        check=objective_check,
+        mutant=replace(src, mutation="image-vs-image"),
+        description="no gap to close: closing it cannot raise the loss",
+    )
     claims["objective"] = objective
     return claims
 
@@ -833,28 +1049,44 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
     trend = Claim(
         id=claim_id,
         reference="§5 / Fig. 5: the gap grows with misalignment",
-        statement=(f"Across the {k} files in the order given, the modality gap (unbiased energy distance "
-                   "between the image and text marginals) increases: the weighted least-squares slope "
-                   "on the file index exceeds 0."),
-        assumptions=("files independent; each file's pairs i.i.d.",
-                     f"designed: over the series the energy distance rises by that of a centroid shift of "
-                     f"{design.gap_effect} (claim 1's designed gap)"),
+        statement=(
+            f"Across the {k} files in the order given, the modality gap (unbiased energy distance "
+            "between the image and text marginals) increases: the weighted least-squares slope "
+            "on the file index exceeds 0."
+        ),
+        assumptions=(
+            "files independent; each file's pairs i.i.d.",
+            f"designed: over the series the energy distance rises by that of a centroid shift of "
+            f"{design.gap_effect} (claim 1's designed gap)",
+        ),
         subject=series,
     )
 
-    @trend.check("energy distance increases along the series",
-                 settings=st.just(k), examples=Profiled(1, 1))
+    @trend.check("energy distance increases along the series", settings=st.just(k), examples=Profiled(1, 1))
     def trend_check(run):
         sources = run.subject.sources[::-1] if run.subject.reversed_order else run.subject.sources
         rows = []
         for src in sources:
-            s = gap_statistics(src, design, run.pick(design.permutations), run.pick(design.bootstrap),
-                               run.check_seed, str(run.device))
-            rows.append({"file": src.label, "energy": s["energy"]["value"], "energy_se": s["energy"]["se"],
-                         "energy_designed_shift": s["energy"]["designed_alternative"] - s["energy"]["null_mean"],
-                         "energy_interval95": s["energy"]["interval95"], "centroid": s["centroid"]["value"],
-                         "ds_lower_95": s["classifier"]["ds_lower_95_binary"],
-                         "accuracy": s["classifier"]["accuracy"]})
+            s = gap_statistics(
+                src,
+                design,
+                run.pick(design.permutations),
+                run.pick(design.bootstrap),
+                run.check_seed,
+                str(run.device),
+            )
+            rows.append(
+                {
+                    "file": src.label,
+                    "energy": s["energy"]["value"],
+                    "energy_se": s["energy"]["se"],
+                    "energy_designed_shift": s["energy"]["designed_alternative"] - s["energy"]["null_mean"],
+                    "energy_interval95": s["energy"]["interval95"],
+                    "centroid": s["centroid"]["value"],
+                    "ds_lower_95": s["classifier"]["ds_lower_95_binary"],
+                    "accuracy": s["classifier"]["accuracy"],
+                }
+            )
         values = np.array([r["energy"] for r in rows])
         ses = np.maximum(np.array([r["energy_se"] for r in rows]), 1e-12)
         index = np.arange(k, dtype=np.float64)
@@ -863,19 +1095,49 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
         # designed: over the series the gap rises by the energy distance of the designed centroid
         # shift (gap_effect) of claim 1, averaged over the files
         effect = max(float(np.mean([r["energy_designed_shift"] for r in rows])), 1e-12) / max(k - 1, 1)
-        run.record("trend", {"files": rows, "slope": float(fit.coef[1]), "slope_se": float(fit.standard_error[1]),
-                             "designed_slope": effect,
-                             "chi2": fit.chi2, "dof": fit.dof, "spearman": float(spearman)})
-        run.figure("gap along the series", [
-            {"label": "energy distance (95 % bootstrap)", "x": index.tolist(), "y": values.tolist(),
-             "lower": [r["energy_interval95"][0] for r in rows],
-             "upper": [r["energy_interval95"][1] for r in rows], "style": "points"}],
-            xlabel="file index", ylabel="energy distance")
-        return [stats.exceeds("slope of the energy distance on the file index", float(fit.coef[1]),
-                              float(fit.standard_error[1]), 0.0, effect=effect)]
+        run.record(
+            "trend",
+            {
+                "files": rows,
+                "slope": float(fit.coef[1]),
+                "slope_se": float(fit.standard_error[1]),
+                "designed_slope": effect,
+                "chi2": fit.chi2,
+                "dof": fit.dof,
+                "spearman": float(spearman),
+            },
+        )
+        run.figure(
+            "gap along the series",
+            [
+                {
+                    "label": "energy distance (95 % bootstrap)",
+                    "x": index.tolist(),
+                    "y": values.tolist(),
+                    "lower": [r["energy_interval95"][0] for r in rows],
+                    "upper": [r["energy_interval95"][1] for r in rows],
+                    "style": "points",
+                }
+            ],
+            xlabel="file index",
+            ylabel="energy distance",
+        )
+        return [
+            stats.exceeds(
+                "slope of the energy distance on the file index",
+                float(fit.coef[1]),
+                float(fit.standard_error[1]),
+                0.0,
+                effect=effect,
+            )
+        ]
 
-    trend.control("the series in reverse order", check=trend_check, mutant=replace(series, reversed_order=True),
-                  description="reversed, an increasing gap decreases: the trend test must fail")
+    trend.control(
+        "the series in reverse order",
+        check=trend_check,
+        mutant=replace(series, reversed_order=True),
+        description="reversed, an increasing gap decreases: the trend test must fail",
+    )
     return trend
 
 
@@ -884,14 +1146,30 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
 
 def audit_specs(files, temperature: float) -> list[ModelSpec]:
     """One :class:`ModelSpec` per file, keyed ``audit-<k>`` in the order given."""
-    return [ModelSpec(f"audit-{k}", f"file {k} ({Path(f).name})",
-                      Source(location=str(f), label=f"audit-{k}", temperature=float(temperature)),
-                      kind="audit", retrieval="top1", note="the temperature given to the audit")
-            for k, f in enumerate(files, 1)]
+    return [
+        ModelSpec(
+            f"audit-{k}",
+            f"file {k} ({Path(f).name})",
+            Source(location=str(f), label=f"audit-{k}", temperature=float(temperature)),
+            kind="audit",
+            retrieval="top1",
+            note="the temperature given to the audit",
+        )
+        for k, f in enumerate(files, 1)
+    ]
 
 
-def run_audit(files, *, temperature: float, reports: str, profile: str, seed: int, device: str,
-              alpha: float, workers: str) -> int:
+def run_audit(
+    files,
+    *,
+    temperature: float,
+    reports: str,
+    profile: str,
+    seed: int,
+    device: str,
+    alpha: float,
+    workers: str,
+) -> int:
     """Validate every file (nothing is written before), certify them through the pytest plugin
     with :mod:`cgeom_verify._audit_claims` as the only provider, add the audit section."""
     import json
@@ -916,26 +1194,42 @@ def run_audit(files, *, temperature: float, reports: str, profile: str, seed: in
             raise ConfigError(str(exc)) from None
         path = str(Path(location).resolve())
         paths.append(path)
-        entries.append({"path": location, "sha256": sha256(path), "pairs": int(data.shape[1]),
-                        "dim": int(data.shape[2])})
+        entries.append(
+            {"path": location, "sha256": sha256(path), "pairs": int(data.shape[1]), "dim": int(data.shape[2])}
+        )
         del data
     for entry, spec in zip(entries, audit_specs(paths, temperature), strict=True):
         entry["claims"] = [c.id for c in section5_claims(spec).values()]
     env = dict(os.environ)
     env[ENV] = json.dumps({"files": paths, "temperature": temperature})
     argv = [
-        sys.executable, "-m", "pytest", str(registry.__file__), "--rootdir", os.getcwd(),
-        "-p", "no:cacheprovider", "-q", f"--cgeom-profile={profile}", f"--cgeom-seed={seed}",
-        f"--cgeom-device={device}", f"--cgeom-alpha={alpha}", f"--cgeom-reports={reports}",
-        "--cgeom-provider=cgeom_verify._audit_claims", "--cgeom-providers-only",
+        sys.executable,
+        "-m",
+        "pytest",
+        str(registry.__file__),
+        "--rootdir",
+        os.getcwd(),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--cgeom-profile={profile}",
+        f"--cgeom-seed={seed}",
+        f"--cgeom-device={device}",
+        f"--cgeom-alpha={alpha}",
+        f"--cgeom-reports={reports}",
+        "--cgeom-provider=cgeom_verify._audit_claims",
+        "--cgeom-providers-only",
     ]
     if workers != "0":
         argv += ["-n", workers, "--dist", "worksteal"]
     subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL)
     target = Path(reports) / certificate.JSON_NAME
     cert = certificate.load(target)
-    cert["audit"] = {"files": entries, "temperature": float(temperature),
-                     "trend": "audit-gap-trend" if len(files) > 1 else None}
+    cert["audit"] = {
+        "files": entries,
+        "temperature": float(temperature),
+        "trend": "audit-gap-trend" if len(files) > 1 else None,
+    }
     report.write_reports(cert, Path(reports))
     for line in certificate.summary_lines(cert):
         print(line)

@@ -462,7 +462,8 @@ def render_html(cert: dict, images: dict | None = None) -> str:
     parts += [f'<p class="problem">Provider problem: <code>{_e(p["provider"])}</code> '
               f"({_e(p['package'])}): {_e(p['message'])}</p>" for p in cert.get("problems", [])]
     if cert.get("audit"):
-        parts += ["<h2>Audit</h2>", *(f'<p class="meta">{_e(line)}</p>' for line in certificate.audit_lines(cert))]
+        parts += ["<h2>Audit</h2>",
+                  *(f'<p class="meta">{_e(line)}</p>' for line in certificate.audit_lines(cert))]
     if cert["claims"]:
         parts.append(_summary_table(cert))
     math_cache: dict[str, bytes | None] = {}

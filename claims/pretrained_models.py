@@ -46,16 +46,37 @@ def _source(key: str, temperature: float) -> Source:
 
 
 MODELS = (
-    ModelSpec("s5-clip", "CLIP ViT-B/16 on COCO (500 pairs)", _source("clip", 0.01),
-              kind="trained", retrieval="top1", note="CLIP's learned logit scale 100"),
-    ModelSpec("s5-convirt", "ConVIRT on MIMIC-CXR (500 pairs)", _source("convirt", 0.1),
-              kind="trained", retrieval="rank",
-              note="ConVIRT's tau = 0.1 (Zhang et al. 2020); recall@1 among 500 chest X-ray "
-                   "reports is near chance (0.006 / 0.022, Liang et al.'s files)"),
-    ModelSpec("s5-clip-random", "CLIP ViT-B/16 at random initialisation", _source("clip-random", 0.07),
-              kind="random", note="the CLIP architecture's initial logit scale 1/0.07"),
-    ModelSpec("s5-convirt-random", "ConVIRT at random initialisation", _source("convirt-random", 0.1),
-              kind="random", note="ConVIRT's tau = 0.1"),
+    ModelSpec(
+        "s5-clip",
+        "CLIP ViT-B/16 on COCO (500 pairs)",
+        _source("clip", 0.01),
+        kind="trained",
+        retrieval="top1",
+        note="CLIP's learned logit scale 100",
+    ),
+    ModelSpec(
+        "s5-convirt",
+        "ConVIRT on MIMIC-CXR (500 pairs)",
+        _source("convirt", 0.1),
+        kind="trained",
+        retrieval="rank",
+        note="ConVIRT's tau = 0.1 (Zhang et al. 2020); recall@1 among 500 chest X-ray "
+        "reports is near chance (0.006 / 0.022, Liang et al.'s files)",
+    ),
+    ModelSpec(
+        "s5-clip-random",
+        "CLIP ViT-B/16 at random initialisation",
+        _source("clip-random", 0.07),
+        kind="random",
+        note="the CLIP architecture's initial logit scale 1/0.07",
+    ),
+    ModelSpec(
+        "s5-convirt-random",
+        "ConVIRT at random initialisation",
+        _source("convirt-random", 0.1),
+        kind="random",
+        note="ConVIRT's tau = 0.1",
+    ),
 )
 
 _clip, _convirt, _clip_random, _convirt_random = (section5_claims(m) for m in MODELS)

@@ -36,9 +36,14 @@ def _bad_inputs(tmp):
         np.save(tmp / name, array)
         return str(tmp / name)
 
-    cases["wrong shape"] = ([npy("shape.npy", _unit(20, 4)[:, :, :, None].repeat(2, 3))], "shape must be (2, n, d)")
-    cases["three modalities"] = ([npy("three.npy", np.concatenate([_unit(20, 4), _unit(20, 4)[:1]]))],
-                                 "shape must be (2, n, d)")
+    cases["wrong shape"] = (
+        [npy("shape.npy", _unit(20, 4)[:, :, :, None].repeat(2, 3))],
+        "shape must be (2, n, d)",
+    )
+    cases["three modalities"] = (
+        [npy("three.npy", np.concatenate([_unit(20, 4), _unit(20, 4)[:1]]))],
+        "shape must be (2, n, d)",
+    )
     u = _unit(20, 4)
     np.savez(tmp / "n.npz", image=u[0], text=u[1][:19])
     cases["n mismatch"] = ([str(tmp / "n.npz")], "n mismatch")
@@ -65,9 +70,23 @@ def _bad_inputs(tmp):
     return cases
 
 
-CASES = ["wrong shape", "three modalities", "n mismatch", "d mismatch", "npz of three arrays", "NaN", "inf",
-         "not unit norm", "a single pair", "unreadable file", "missing file", "object array",
-         "bad temperature", "temperature not a number", "second file bad"]
+CASES = [
+    "wrong shape",
+    "three modalities",
+    "n mismatch",
+    "d mismatch",
+    "npz of three arrays",
+    "NaN",
+    "inf",
+    "not unit norm",
+    "a single pair",
+    "unreadable file",
+    "missing file",
+    "object array",
+    "bad temperature",
+    "temperature not a number",
+    "second file bad",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

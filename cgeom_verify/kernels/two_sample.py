@@ -75,16 +75,18 @@ def random_permutations(count: int, n: int, generator: torch.Generator, device) 
     return u.argsort(dim=1)
 
 
-def bootstrap_counts(count: int, n: int, generator: torch.Generator, device,
-                     dtype=torch.float64) -> torch.Tensor:
+def bootstrap_counts(
+    count: int, n: int, generator: torch.Generator, device, dtype=torch.float64
+) -> torch.Tensor:
     """``[count, n]`` multinomial resampling counts (a bootstrap of n items, as weights)."""
     idx = torch.randint(0, n, (count, n), generator=generator, device=device)
     w = torch.zeros(count, n, dtype=dtype, device=device)
     return w.scatter_add_(1, idx, torch.ones_like(idx, dtype=dtype))
 
 
-def _u_from_masks(kernel0: torch.Tensor, a: torch.Tensor, row_sums: torch.Tensor | None = None,
-                  total: float | None = None) -> torch.Tensor:
+def _u_from_masks(
+    kernel0: torch.Tensor, a: torch.Tensor, row_sums: torch.Tensor | None = None, total: float | None = None
+) -> torch.Tensor:
     """Unbiased MMD² for labellings ``a [c, N]`` (1 = first sample) of a zero-diagonal kernel.
 
     One matmul per chunk: with ``ka = a K``, ``r = K 1`` and ``t = 1' K 1``,
@@ -102,8 +104,14 @@ def _u_from_masks(kernel0: torch.Tensor, a: torch.Tensor, row_sums: torch.Tensor
     return aka / (m * (m - 1)) + bkb / (k * (k - 1)) - 2.0 * akb / (m * k)
 
 
-def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
-                 generator: torch.Generator | None = None, chunk: int = 256):
+def two_sample_u(
+    kernel: torch.Tensor,
+    m: int,
+    *,
+    permutations: int = 0,
+    generator: torch.Generator | None = None,
+    chunk: int = 256,
+):
     """Unbiased MMD² of the pooled kernel matrix ``kernel [N, N]`` (first ``m`` rows: sample 1).
 
     Returns ``(statistic, null)``: ``null [permutations]`` holds the statistic under random
@@ -131,8 +139,15 @@ def two_sample_u(kernel: torch.Tensor, m: int, *, permutations: int = 0,
     return stat, null_t
 
 
-def two_sample_u_many(kernels: list[torch.Tensor], m: int, *, permutations: int,
-                      generator: torch.Generator, chunk: int = 128, paired: bool = False):
+def two_sample_u_many(
+    kernels: list[torch.Tensor],
+    m: int,
+    *,
+    permutations: int,
+    generator: torch.Generator,
+    chunk: int = 128,
+    paired: bool = False,
+):
     """:func:`two_sample_u` for several kernels of the same pooled sample, every kernel judged
     on the same relabellings (one ``[c, N] @ [N, K N]`` matmul per chunk).
 
@@ -186,8 +201,9 @@ def permutation_p_value(statistic: float, null: torch.Tensor) -> float:
     return (1.0 + float((null >= statistic - 1e-12 * abs(statistic)).sum())) / (1.0 + null.numel())
 
 
-def paired_bootstrap_u(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor,
-                       weights: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def paired_bootstrap_u(
+    kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor, weights: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
     """The paired MMD² U-statistic (see :func:`two_sample_u_many`) under bootstrap weights
     ``[B, n]`` (pairs resampled jointly). A pair drawn twice meets itself only on the excluded
     diagonals, so each replicate is the U-statistic of its resample."""
@@ -216,8 +232,7 @@ def centroid_distance_bootstrap(x: torch.Tensor, y: torch.Tensor, weights: torch
     return stat, boot
 
 
-def pairing_permutation(sim: torch.Tensor, permutations: int, generator: torch.Generator,
-                        chunk: int = 512):
+def pairing_permutation(sim: torch.Tensor, permutations: int, generator: torch.Generator, chunk: int = 512):
     """Paired permutation test: ``mean_i sim[i, i]`` against ``mean_i sim[i, sigma(i)]``.
 
     ``sim [n, n]`` is the cross-modal similarity matrix. Returns ``(statistic, null)``.
@@ -234,8 +249,9 @@ def pairing_permutation(sim: torch.Tensor, permutations: int, generator: torch.G
     return stat, (torch.cat(null) if null else sim.new_zeros(0))
 
 
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, l2: float, *, iterations: int = 25,
-                 tol: float = 1e-10) -> torch.Tensor:
+def fit_logistic(
+    features: torch.Tensor, labels: torch.Tensor, l2: float, *, iterations: int = 25, tol: float = 1e-10
+) -> torch.Tensor:
     """Ridge logistic regression ``P(label = 1 | z) = sigmoid(w . [z, 1])`` by Newton's method.
 
     Minimises ``mean log-loss + (l2 / 2) ||w_without_intercept||^2``. Returns ``w [d + 1]``.
@@ -272,8 +288,9 @@ def nwj_terms(t_x: torch.Tensor, t_y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (forward + backward)
 
 
-def binomial_test(successes: int, trials: int, null_rate: float, alternative_rate: float,
-                  level: float) -> tuple[float, float]:
+def binomial_test(
+    successes: int, trials: int, null_rate: float, alternative_rate: float, level: float
+) -> tuple[float, float]:
     """Exact one-sided binomial test of ``rate > null_rate``: ``(p_value, power)``, the power
     being the exact probability of rejecting at ``level`` when the rate is ``alternative_rate``."""
     binom = _scipy_stats.binom
@@ -306,7 +323,6 @@ def normal_power(effect: float, null_sd: float, level: float) -> float:
         return 1.0 if effect > 0 else 0.0
     z = _scipy_stats.norm.ppf(1.0 - level)
     return float(_scipy_stats.norm.cdf(effect / null_sd - z))
-
 
 
 def _jeffreys_binary(a: float, b: float) -> float:
@@ -351,5 +367,6 @@ def designed_rate_gap(divergence: float) -> float:
     """Half-gap e of rates a = 1/2 + e, b = 1/2 - e whose binary D_S equals ``divergence``."""
     from scipy import optimize
 
-    return float(optimize.brentq(lambda e: 0.5 * _jeffreys_binary(0.5 + e, 0.5 - e) - divergence,
-                                 1e-9, 0.5 - 1e-12))
+    return float(
+        optimize.brentq(lambda e: 0.5 * _jeffreys_binary(0.5 + e, 0.5 - e) - divergence, 1e-9, 0.5 - 1e-12)
+    )
