@@ -396,13 +396,15 @@ def gap_statistics(
 
 @functools.lru_cache(maxsize=16)
 def classifier_statistics(source: Source, design: Design, device: str) -> dict:
-    """Cross-fitted (two folds) ridge logistic classifier image-vs-text: held-out accuracy, and
-    the NWJ lower bound on D_S from its calibrated logit as the critic.
+    """Cross-fitted (two folds) ridge logistic classifier image-vs-text: held-out accuracy, the
+    certified lower bound on D_S from its held-out call rates (:func:`ts.binary_divergence_bound`,
+    decided), and the NWJ estimate with its calibrated logit as the critic (recorded only).
 
     In each fold the training pairs are split 70/30: the direction is fitted on the first part,
     a 1-d logistic calibration ``a * logit + b`` on the second; the critic ``T = 1 + clip(a *
-    logit + b)`` is evaluated on the held-out fold only, so the bound's terms are plain means
-    over held-out pairs (unbiased, CLT interval)."""
+    logit + b)`` is evaluated on the held-out fold only. With every held-out point separated the
+    NWJ estimate sits at the clip and its CLT interval degenerates; the exact binary bound does
+    not."""
     prep = _prepared(source, design, device)
     x, y = prep.xc, prep.yc
     c = x.shape[0]
