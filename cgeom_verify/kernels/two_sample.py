@@ -164,7 +164,8 @@ def two_sample_u_many(
     k0 = k0 * (1.0 - torch.eye(n_total, dtype=k0.dtype, device=k0.device))
     row_sums = k0.sum(2)  # [K, N]
     totals = row_sums.sum(1)  # [K]
-    own = k0[:, torch.arange(m), torch.arange(m) + m].sum(1) if paired else None  # [K]
+    idx = torch.arange(m, device=k0.device)
+    own = k0[:, idx, idx + m].sum(1) if paired else None  # [K]
     wide = k0.permute(1, 0, 2).reshape(n_total, -1)  # [N, K N]
 
     def u(a):  # a [c, N] -> [K, c]
