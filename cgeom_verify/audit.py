@@ -258,10 +258,6 @@ def _mutate(data: np.ndarray, mutation: str, rng: np.random.Generator) -> np.nda
         p = rng.permutation(n)
         half = n // 2
         return np.stack([x[p[:half]], x[p[half : 2 * half]]])
-    if mutation == "rotate-text":
-        q, r = torch.linalg.qr(torch.from_numpy(rng.standard_normal((x.shape[1], x.shape[1]))))
-        q = (q * torch.sign(torch.diagonal(r))).numpy()  # Haar
-        return np.stack([x, (torch.from_numpy(y) @ torch.from_numpy(q)).numpy()])
     if mutation == "text-is-image":
         return np.stack([x, x])
     if mutation == "mix-modalities":
@@ -277,22 +273,29 @@ def _prepared(source: Source, design: Design, device: str) -> Prepared:
         source.mutation if source.mutation != "shuffle-pairs" else "",
         _rng(design, source.label, source.mutation),
     )
-    n = data.shape[1]
+    n, d = data.shape[1], data.shape[2]
+    dev = torch.device(device)
+    t = functools.partial(torch.as_tensor, dtype=torch.float64, device=dev)
+    x, y = t(data[0]), t(data[1])
+    if source.mutation == "rotate-text":  # a Haar rotation of the texts, on the run's device
+        q, r = torch.linalg.qr(t(_rng(design, source.label, "rotation").standard_normal((d, d))))
+        y = y @ (q * torch.sign(torch.diagonal(r)))
     rng = _rng(design, source.label, "subsample")
     sub = np.sort(rng.permutation(n)[: min(n, design.max_pairs)])
     cls = np.sort(rng.permutation(n)[: min(n, design.classifier_pairs)])
-    x, y = data[0], data[1]
+
+    def idx(a):
+        return torch.as_tensor(a, dtype=torch.long, device=dev)
+
+    yc = y[idx(cls)]
     if source.mutation == "shuffle-pairs":  # re-pair within each subset: the marginals of
         shuffle = _rng(design, source.label, "shuffle")  # every subset stay the same sets
-        y = y.copy()
-        y[sub] = y[sub[shuffle.permutation(sub.size)]]
         rest = np.setdiff1d(np.arange(n), sub)
-        y[rest] = y[rest[shuffle.permutation(rest.size)]]
-        yc = data[1][cls[shuffle.permutation(cls.size)]]
-    else:
-        yc = y[cls]
-    t = functools.partial(torch.as_tensor, dtype=torch.float64, device=torch.device(device))
-    return Prepared(t(x), t(y), t(x[sub]), t(y[sub]), t(x[cls]), t(yc))
+        yc = y[idx(cls[shuffle.permutation(cls.size)])]
+        y = y.clone()
+        y[idx(sub)] = y[idx(sub[shuffle.permutation(sub.size)])]
+        y[idx(rest)] = y[idx(rest[shuffle.permutation(rest.size)])]
+    return Prepared(x, y, x[idx(sub)], y[idx(sub)], x[idx(cls)], yc)
 
 
 def _generator(seed: int, device: str) -> torch.Generator:
@@ -1161,31 +1164,24 @@ def audit_specs(files, temperature: float) -> list[ModelSpec]:
     ]
 
 
-def run_audit(
-    files,
-    *,
-    temperature: float,
-    reports: str,
-    profile: str,
-    seed: int,
-    device: str,
-    alpha: float,
-    workers: str,
-) -> int:
+def run_audit(files, *, temperature: float, config, values: dict, workers: str) -> int:
     """Validate every file (nothing is written before), certify them through the pytest plugin
-    with :mod:`cgeom_verify._audit_claims` as the only provider, add the audit section."""
+    with :mod:`cgeom_verify._audit_claims` as the only provider, add the audit section.
+
+    ``config`` is the validated :class:`~cgeom_verify.settings.RunConfig`; ``values`` the run
+    options as parsed (device, reports), handed on to the plugin with it."""
     import json
     import os
     import subprocess
     import sys
 
-    from . import certificate, registry, report
+    from . import certificate, options, registry, report
     from ._audit_claims import ENV
-    from .settings import ConfigError, RunConfig
+    from .settings import ConfigError
 
     if not (math.isfinite(temperature) and temperature > 0):
         raise ConfigError(f"temperature must be a positive number, got {temperature}")
-    RunConfig(profile=profile, master_seed=seed, device=device, family_alpha=alpha)
+    reports = values["reports"]
     entries, paths = [], []
     for location in files:
         if location.startswith("package:"):
@@ -1204,24 +1200,17 @@ def run_audit(
         entry["claims"] = [c.id for c in section5_claims(spec).values()]
     env = dict(os.environ)
     env[ENV] = json.dumps({"files": paths, "temperature": temperature})
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(registry.__file__),
-        "--rootdir",
-        os.getcwd(),
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        f"--cgeom-profile={profile}",
-        f"--cgeom-seed={seed}",
-        f"--cgeom-device={device}",
-        f"--cgeom-alpha={alpha}",
-        f"--cgeom-reports={reports}",
-        "--cgeom-provider=cgeom_verify._audit_claims",
-        "--cgeom-providers-only",
-    ]
+    handed = {
+        "profile": config.profile,
+        "seed": str(config.master_seed),
+        "device": values["device"],
+        "alpha": str(config.family_alpha),
+        "reports": reports,
+        "provider": ["cgeom_verify._audit_claims"],
+        "providers_only": True,
+    }
+    argv = [sys.executable, "-m", "pytest", str(registry.__file__), "--rootdir", os.getcwd(),
+            "-p", "no:cacheprovider", "-q", *options.pytest_arguments(handed)]  # fmt: skip
     if workers != "0":
         argv += ["-n", workers, "--dist", "worksteal"]
     subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL)

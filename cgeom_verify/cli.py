@@ -243,14 +243,12 @@ def _mutants(args) -> int:
 def _audit(args) -> int:
     from .audit import run_audit
 
-    numbers = {}
-    for name in ("temperature", "seed", "alpha"):
-        try:
-            numbers[name] = (int if name == "seed" else float)(getattr(args, name))
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {getattr(args, name)!r}") from None
-    return run_audit(args.embeddings, reports=args.reports, profile=args.profile, device=args.device,
-                     workers=args.workers, **numbers)
+    try:
+        temperature = float(args.temperature)
+    except ValueError:
+        raise ConfigError(f"temperature must be a number, got {args.temperature!r}") from None
+    return run_audit(args.embeddings, temperature=temperature, config=options.run_config(vars(args)),
+                     values=vars(args), workers=args.workers)
 
 
 COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge,
