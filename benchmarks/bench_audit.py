@@ -10,8 +10,9 @@ statistics on all pairs (centroid distance and its bootstrap, paired-minus-unpai
 quadratic ones (MMD/energy with permutation nulls, retrieval, the shift curve) on a fixed
 random subsample of 1000 pairs, the classifier cross-fitted on 1000 pairs.
 
-Measured on the shared 2-core CPU (load average 13.7 from other sessions): 35.7 s CPU, 146 s wall;
-the work is single-threaded, so on an idle machine the wall time is about the CPU time.
+Measured on the shared 2-core CPU under other sessions' load: 35.7 s CPU / 146 s wall (load
+average 13.7) and 34.2 s CPU / 103 s wall (11.9). The work is single-threaded (the plugin pins
+torch to one thread), so on an idle machine the wall time is about the CPU time.
 """
 
 from __future__ import annotations
