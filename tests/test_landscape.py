@@ -142,5 +142,5 @@ def test_partition_masses_add_up(s2):
 
 def test_summation_error_bound():
     n = 1000
-    bound = landscape.summation_error_bound(2.0, n)
+    bound = quadrature.summation_error_bound(2.0, n)
     assert math.isclose(bound, 2.0 * (n + 16) * 2.0**-53, rel_tol=1e-9)
