@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .claim import RELATIVE_DISCREPANCY
 from .registry import ProviderProblem, RegisteredClaim
 from .settings import RunConfig
 
@@ -50,7 +51,7 @@ __all__ = [
     "explain_failure",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JSON_NAME = "certificate.json"
 MARKDOWN_NAME = "certificate.md"
 PINNED = ("torch", "sympy", "numpy", "scipy", "hypothesis", "pytest", "pytest-xdist", "mpmath")
@@ -109,8 +110,10 @@ def environment(run: RunConfig) -> dict:
         "master_seed": run.master_seed,
         "family_alpha": run.family_alpha,
         "false_pass_rate": run.false_pass_rate,
-        "alpha_split": "Bonferroni: family_alpha / number of checks, then evenly over each "
-        "check's decisions; a control runs at its check's level",
+        "relative_discrepancy": {"quick": RELATIVE_DISCREPANCY.quick, "full": RELATIVE_DISCREPANCY.full},
+        "alpha_split": "Bonferroni: family_alpha (the false-fail rate: P(not PASS) when every claim "
+        "holds) / number of checks, then evenly over each check's decisions; a control runs at its "
+        "check's level. false_pass_rate is per decision: P(PASS) at its designed discrepancy",
     }
 
 
@@ -243,6 +246,9 @@ def overall_verdict(claims: list[dict], *, interrupted: bool = False, collected:
         return "INCOMPLETE", "a claim provider could not be loaded"
     if verdicts == {"PASS"}:
         return "PASS", "every obligation proven, every check passed, every control rejected"
+    underpowered = any(i.get("verdict") == "UNDERPOWERED" for c in claims for i in c["checks"])
+    if underpowered:
+        return "INCOMPLETE", "a check missed its designed power or its floor of applicable settings"
     return "INCOMPLETE", "an item errored or did not run"
 
 
@@ -341,12 +347,17 @@ def explain_failure(evidence: dict) -> str:
         return (f"negative control {evidence['name']!r} was NOT rejected: check "
                 f"{evidence['check']!r} passed on the mutant ({evidence['description']})")
     failed = [d for d in evidence["decisions"] if not d["passed"]]
-    lines = [f"{len(failed)} of {len(evidence['decisions'])} decisions failed "
-             f"(alpha per decision {evidence['alpha_per_decision']:.2e}):"]
+    lines = [f"{len(failed)} of {len(evidence['decisions'])} decisions did not pass "
+             f"(false-fail rate per decision {evidence['false_fail_rate_per_decision']:.2e}):"]
+    applicable = evidence["applicable"]
+    if applicable["inside_assumptions"] < applicable["required"]:
+        lines.append(f"  only {applicable['inside_assumptions']} of {applicable['settings']} settings "
+                     f"inside the assumptions, {applicable['required']} required")
     for d in failed[:8]:
         setting = evidence["examples"][d["example"]] if d["example"] is not None else None
         lines.append(
-            f"  {d['name']}: estimate {d['estimate']:.6g} +- {d['standard_error']:.3g}, "
+            f"  {d['outcome']} {d['name']}: estimate {d['estimate']:.6g} +- {d['standard_error']:.3g}, "
+            f"designed {d['designed']:.3g}, achieved detectable {d['detectable']:.3g}, "
             f"target {d['target']:.6g}, interval [{d['interval'][0]:.6g}, {d['interval'][1]:.6g}]"
             + (f", setting {json.dumps(setting['setting'])}, seed {setting['seed']}" if setting else "")
         )
@@ -369,6 +380,45 @@ def run_scope(cert: dict) -> str:
     if cert.get("merged_from"):
         return f"Merged from {len(cert['merged_from'])} shard certificates."
     return ""
+
+
+def power_rows(cert: dict) -> list[dict]:
+    """Per check: its decision kinds, the designed discrepancy relative to the target (the
+    smallest), the worst achieved/designed ratio (> 1 is UNDERPOWERED) and the N/A fraction."""
+    rows = []
+    for claim in cert["claims"]:
+        for check in claim["checks"]:
+            decisions = [d for d in check.get("decisions", []) if d["kind"] not in ("bound", "demonstrate")]
+            relative = [d["designed"] / abs(d["target"]) for d in decisions if d["target"]]
+            ratios = [d["detectable"] / d["designed"] for d in decisions]
+            rows.append({
+                "claim": claim["id"], "check": check["name"], "verdict": check["verdict"],
+                "kinds": sorted({d["kind"] for d in check.get("decisions", [])}),
+                "designed_relative": min(relative) if relative else None,
+                "achieved_over_designed": max(ratios) if ratios else None,
+                "not_applicable_fraction": check.get("applicable", {}).get("not_applicable_fraction"),
+            })
+    return rows
+
+
+def power_table(cert: dict) -> list[str]:
+    """The Markdown table of :func:`power_rows`."""
+    rows = power_rows(cert)
+    if not rows:
+        return []
+    out = ["### Designed power", "",
+           "Per check: the smallest designed discrepancy relative to its target, and the worst "
+           "achieved detectable / designed (above 1: UNDERPOWERED). Bounds and exact tests are "
+           "listed by kind only.", "",
+           "| claim | check | kinds | designed (rel.) | worst achieved / designed | N/A | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = "—" if r["designed_relative"] is None else f"{r['designed_relative']:.3g}"
+        ratio = "—" if r["achieved_over_designed"] is None else f"{r['achieved_over_designed']:.3g}"
+        na = "—" if r["not_applicable_fraction"] is None else f"{r['not_applicable_fraction']:.0%}"
+        out.append(f"| `{r['claim']}` | {r['check']} | {', '.join(r['kinds'])} | {rel} | {ratio} | {na} | "
+                   f"{r['verdict']} |")
+    return out + [""]
 
 
 def render_markdown(cert: dict, figures: dict | None = None) -> str:
@@ -404,6 +454,7 @@ def render_markdown(cert: dict, figures: dict | None = None) -> str:
             out.append(f"| `{claim['id']}` | {claim['reference']} | **{claim['verdict']}** | "
                        f"{proven} | {rejected} | {claim.get('wall_time_s', 0.0):.1f} s |")
         out.append("")
+        out += power_table(cert)
     for problem in cert.get("problems", []):
         out.append(f"- **Provider problem** `{problem['provider']}` ({problem['package']}): "
                    f"{problem['message']}")
@@ -424,14 +475,16 @@ def render_markdown(cert: dict, figures: dict | None = None) -> str:
         for ch in claim["checks"]:
             decisions = ch.get("decisions", [])
             out.append(f"- check **{ch['name']}**: {ch['verdict']} — "
-                       f"{sum(d['passed'] for d in decisions)}/{len(decisions)} decisions at alpha "
-                       f"{_fmt(ch.get('alpha_per_decision', float('nan')))} each, "
+                       f"{sum(d['passed'] for d in decisions)}/{len(decisions)} decisions at false-fail "
+                       f"rate {_fmt(ch.get('false_fail_rate_per_decision', float('nan')))} each, "
                        f"{len(ch.get('examples', []))} settings")
-            worst = sorted(decisions, key=lambda d: d["p_value"])[:3]
+            worst = sorted(decisions, key=lambda d: (d["passed"], -d["detectable"] / d["designed"]
+                                                     if d["designed"] > 0 else 0.0))[:3]
             for d in worst:
-                out.append(f"  - {d['name']}: {_fmt(d['estimate'])} ± {_fmt(d['standard_error'])} "
-                           f"vs {_fmt(d['target'])} (p = {_fmt(d['p_value'])}, detects "
-                           f"{_fmt(d['detectable'])}) {'ok' if d['passed'] else 'FAILED'}")
+                out.append(f"  - {d['name']} ({d['kind']}): {_fmt(d['estimate'])} ± "
+                           f"{_fmt(d['standard_error'])} vs {_fmt(d['target'])} (designed "
+                           f"{_fmt(d['designed'])}, achieved {_fmt(d['detectable'])}) "
+                           f"{'ok' if d['passed'] else d['outcome']}")
             if ch.get("error"):
                 out.append(f"  - error: {ch['error']}")
             out += images(claim["id"], f"check: {ch['name']}", "  ")

@@ -7,7 +7,11 @@
 * ``cgeom-verify replay CERT`` — re-run exactly what a certificate records and list
   every verdict or number that differs (exit 1 if any);
 * ``cgeom-verify diff A B`` — compare two certificates (exit 1 if they differ);
-* ``cgeom-verify merge SHARD...`` — join shard certificates into one.
+* ``cgeom-verify merge SHARD...`` — join shard certificates into one;
+* ``cgeom-verify calibrate --seeds K`` — certify under K master seeds and count the
+  runs that are not PASS (the family-wise false-fail rate, measured);
+* ``cgeom-verify mutants CATALOGUE...`` — the mutation score: certify each
+  catalogued bug's claims on a mutated copy of the source (:mod:`.mutation`).
 
 Every user error (unknown claim id, bad profile, seed, device, worker count, shard,
 corrupt or foreign certificate, shards of different runs) is one line on stderr and
@@ -24,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import certificate, registry, replay, report
+from . import calibration, certificate, mutation, registry, replay, report
 from .certificate import CertificateError
 from .settings import PROFILES, ConfigError, RunConfig
-from .shard import Shard
+from .shard import Shard, check_count
 
 __all__ = ["main"]
 
@@ -76,7 +80,44 @@ def _parser() -> argparse.ArgumentParser:
     join = sub.add_parser("merge", help="join shard certificates (--shard i/n) into one")
     join.add_argument("shards", nargs="+", help="the shard certificate.json files, 1/n to n/n")
     join.add_argument("--reports", default="reports", help="directory for the merged certificate")
+
+    calib = sub.add_parser("calibrate", help="certify under K master seeds; count the not-PASS runs")
+    calib.add_argument("--seeds", type=_positive, default=20, help="how many master seeds (default 20)")
+    calib.add_argument("--first-seed", type=int, default=1001, help="the first master seed (default 1001)")
+    calib.add_argument("--alpha", default="0.01", help="family-wise false-fail rate")
+    calib.add_argument("--reports", default="reports/calibration", help="directory for the runs and summary")
+    _certify_options(calib)
+
+    mutate = sub.add_parser("mutants", help="mutation score of a catalogue of realistic bugs")
+    mutate.add_argument("catalogues", nargs="+", help="TOML catalogues of mutants")
+    mutate.add_argument("--root", default=".", help="the source root the catalogue's paths are relative to")
+    mutate.add_argument("--only", default="", help="comma-separated mutant ids (default: all)")
+    mutate.add_argument("--reports", default="reports/mutants", help="directory for score.json and score.md")
+    _certify_options(mutate)
     return parser
+
+
+def _positive(value: str) -> int:
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+
+
+def _certify_options(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` options a calibration or mutation run passes on to each certification."""
+    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)}")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--claims", default="", help="comma-separated claim ids (calibrate; default all)")
+    parser.add_argument("--workers", default="auto", type=_workers, help="xdist workers")
+    parser.add_argument("--provider", action="append", default=[], help="extra provider module")
+    parser.add_argument("--providers-only", action="store_true", help="ignore installed providers")
+
+
+def _run_options(args) -> list[str]:
+    RunConfig(profile=args.profile, device=args.device)  # validated before any run starts
+    return (["--profile", args.profile, "--device", args.device, "--workers", args.workers]
+            + [f"--provider={p}" for p in args.provider]
+            + (["--providers-only"] if args.providers_only else []))
 
 
 def _list(args) -> int:
@@ -178,7 +219,54 @@ def _merge(args) -> int:
     return 0 if merged["verdict"] == "PASS" else 1
 
 
-COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge}
+def _calibrate(args) -> int:
+    try:
+        alpha = float(args.alpha)
+    except ValueError:
+        raise ConfigError(f"alpha must be a number, got {args.alpha!r}") from None
+    RunConfig(family_alpha=alpha)
+    options = _run_options(args)
+    ids = [i.strip() for i in args.claims.split(",") if i.strip()]
+    if ids:
+        # A subset runs each check at the share it has in the whole certificate (the same
+        # numbers, bit for bit), so subsets calibrated apart add up to the whole.
+        found = registry.discover(tuple(args.provider), installed=not args.providers_only)
+        try:
+            chosen = [e.claim for e in found.select(ids)]
+        except KeyError as exc:
+            raise ConfigError(f"unknown claim id(s): {exc.args[0]}") from None
+        alpha *= check_count(chosen) / check_count(e.claim for e in found.claims)
+        options += ["--claims", ",".join(ids)]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    summary = calibration.calibrate(seeds, options, Path(args.reports), alpha,
+                                    progress=lambda line: print(line, flush=True))
+    print(f"{summary['not_passed']} of {summary['seeds']} seeds not PASS (false-fail rate of the "
+          f"run{' (its share of the whole certificate)' if ids else ''} {alpha:.3g}; "
+          f"P(at least this many) = {summary['p_value']:.3g}); "
+          f"written: {Path(args.reports) / 'calibration.md'}")
+    return 0 if summary["p_value"] > 0.01 or summary["not_passed"] <= 1 else 1
+
+
+def _mutants(args) -> int:
+    if args.claims:
+        raise ConfigError("mutants: each mutant names its own claims; --claims does not apply")
+    root = Path(args.root).resolve()
+    mutants = mutation.load_catalogue([Path(c) for c in args.catalogues], root)
+    only = [i.strip() for i in args.only.split(",") if i.strip()]
+    unknown = sorted(set(only) - {m.id for m in mutants})
+    if unknown:
+        raise ConfigError(f"unknown mutant id(s): {', '.join(unknown)}")
+    chosen = [m for m in mutants if not only or m.id in only]
+    summary = mutation.score(chosen, root, _run_options(args), Path(args.reports),
+                             progress=lambda line: print(line, flush=True))
+    print(f"mutation score {summary['killed']}/{summary['total']}"
+          + ("" if summary["valid"] else " — INVALID: the unmutated baseline did not PASS")
+          + f"; written: {Path(args.reports) / 'score.md'}")
+    return 0 if summary["valid"] and summary["killed"] == summary["total"] else 1
+
+
+COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge,
+            "calibrate": _calibrate, "mutants": _mutants}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,8 @@ from .settings import RunConfig
 __all__ = ["load", "Diff", "diff", "replay_arguments", "merge", "MergeError"]
 
 #: Fields of a decision compared by diff and replay (everything but its name and kind).
-DECISION_FIELDS = ("estimate", "standard_error", "target", "interval", "alpha", "p_value",
-                   "detectable", "passed", "note")
+DECISION_FIELDS = ("estimate", "standard_error", "target", "interval", "false_fail_rate",
+                   "false_pass_rate", "p_value", "designed", "detectable", "outcome", "note")
 #: Environment fields that must agree for shards to be parts of one run.
 SAME_RUN = (("git", "commit"), ("profile",), ("master_seed",), ("family_alpha",),
             ("false_pass_rate",), ("device", "type"))
@@ -132,7 +132,7 @@ def _diff_item(where: str, a: dict, b: dict, out: list[str]) -> None:
                     out.append(f"{where} / derivation {k}: {name} {_short(da[name])} -> "
                                f"{_short(db[name])}")
         return
-    for name in ("alpha", "alpha_per_decision", "check_seed", "rejected"):
+    for name in ("false_fail_rate", "false_fail_rate_per_decision", "check_seed", "rejected"):
         if name in a and name in b and not _same(a[name], b[name]):
             out.append(f"{where}: {name} {_short(a[name])} -> {_short(b[name])}")
     if "examples" in a and "examples" in b and not _same(a["examples"], b["examples"]):

@@ -70,23 +70,27 @@ class Image:
 
 
 def margin(decision: dict) -> float:
-    """The share of its allowed margin a decision used: PASS iff < 1 (<= 1 for precision).
+    """The share of its allowed margin a decision used: PASS iff < 1 (<= 1 for a bound).
 
-    * equal: |estimate - target| / half-width of the two-sided interval;
+    * equivalent: furthest interval end from the target / equivalence margin;
     * at_most: (estimate - target) / (estimate - lower bound);
     * exceeds: (estimate - lower bound) / (estimate - target), inf if estimate <= target;
-    * precision: |estimate - target| / stated precision.
+    * bound: |estimate - target| / the stated error bound;
+    * demonstrate: p-value / false-pass rate.
+    An UNDERPOWERED decision is not a PASS whatever its margin.
     """
     est, target, kind = decision["estimate"], decision["target"], decision["kind"]
     lo, hi = decision["interval"]
-    if kind == "equal":
-        num, den = abs(target - est), (hi - lo) / 2
+    if kind == "equivalent":
+        num, den = max(abs(lo - target), abs(hi - target)), decision["designed"]
+    elif kind == "demonstrate":
+        num, den = decision["p_value"], decision["false_pass_rate"]
     elif kind == "at_most":
         num, den = est - target, est - lo
     elif kind == "exceeds":
         num, den = est - lo, est - target
     else:
-        num, den = abs(est - target), decision["standard_error"]
+        num, den = abs(est - target), decision["designed"]
     if not all(math.isfinite(v) for v in (num, den)):
         return math.inf
     if den <= 0:
@@ -350,12 +354,15 @@ def _decision_table(decisions: list[dict], examples: list[dict], control: bool) 
             f"<td class=num>{_num(d['estimate'])} ± {_num(d['standard_error'])}</td>"
             f"<td class=num>{_num(d['target'])}</td>"
             f"<td class=num>[{_num(d['interval'][0])}, {_num(d['interval'][1])}]</td>"
-            f"<td class=num>{_num(d['p_value'])}</td><td class=num>{_num(d['detectable'])}</td>"
-            f"<td class=num>{_num(margin(d))}</td><td>{'ok' if d['passed'] else failed}</td>"
+            f"<td class=num>{_num(d['p_value'])}</td>"
+            f"<td class=num>{_num(d['designed'])} / {_num(d['detectable'])}</td>"
+            f"<td class=num>{_num(margin(d))}</td>"
+            f"<td>{'ok' if d['passed'] else (failed if d['outcome'] == 'FAIL' else 'UNDERPOWERED')}</td>"
             f"<td><code>{_e(_clip(json.dumps(setting), 80)) if setting is not None else ''}</code>"
             "</td></tr>")
     return ("<table><tr><th>decision</th><th>kind</th><th>estimate ± s.e.</th><th>target</th>"
-            "<th>interval</th><th>p</th><th>detects</th><th>margin used</th><th></th>"
+            "<th>interval</th><th>p</th><th>designed / achieved detectable</th><th>margin used</th>"
+            "<th></th>"
             f"<th>setting</th></tr>{''.join(rows)}</table>")
 
 
@@ -373,9 +380,12 @@ def _run_item(item: dict, images: list[Image]) -> str:
     decisions = item.get("decisions")
     if decisions is not None:
         passed = sum(d["passed"] for d in decisions)
-        out.append(f'<p class="meta">{passed}/{len(decisions)} decisions passed at alpha '
-                   f"{_num(item['alpha_per_decision'])} each; {len(item['examples'])} settings; "
-                   f"{len(item['outside_assumptions'])} outside the assumptions; "
+        applicable = item["applicable"]
+        out.append(f'<p class="meta">{passed}/{len(decisions)} decisions passed, each at false-fail '
+                   f"rate {_num(item['false_fail_rate_per_decision'])} and false-pass rate "
+                   f"{_num(item['false_pass_rate'])}; {len(item['examples'])} settings, "
+                   f"{applicable['inside_assumptions']} inside the assumptions (at least "
+                   f"{applicable['required']} required); "
                    f"{item['wall_time_s']:.2f} s.</p>")
         if decisions:
             out.append(_decision_table(decisions, item["examples"], item["kind"] == "control"))

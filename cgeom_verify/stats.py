@@ -125,16 +125,32 @@ def min_discrepancy(standard_error: float, false_fail_rate: float,
 
 
 def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
-                    false_pass_rate: float = DEFAULT_FALSE_PASS_RATE, *, kind: str = "at_most") -> int:
+                    false_pass_rate: float = DEFAULT_FALSE_PASS_RATE, *, kind: str = "at_most",
+                    underpowered_rate: float | None = 1e-4) -> int:
     """How many i.i.d. draws of s.d. ``sigma`` a ``kind`` decision needs to resolve ``discrepancy``.
 
     The inverse of :func:`min_discrepancy` with ``se = sigma / sqrt(n)`` (normal
-    quantiles; the design is made before sampling).
+    quantiles; the design is made before sampling). The decision judges its power
+    on the *estimated* standard error, which at exactly that n exceeds the design
+    half the time; so n grows until the estimate (relative s.d. ~ 1/sqrt(2n) for
+    near-normal draws) exceeds the design with probability ``underpowered_rate``
+    at most (None: plan for the expected standard error alone).
     """
     if not (sigma >= 0 and discrepancy > 0):
         raise ValueError(f"need sigma >= 0 and discrepancy > 0, got {sigma}, {discrepancy}")
     a, b = _tails(kind, false_fail_rate, false_pass_rate)
-    return max(2, math.ceil(((_z(1.0 - a) + _z(1.0 - b)) * sigma / discrepancy) ** 2))
+    base = ((_z(1.0 - a) + _z(1.0 - b)) * sigma / discrepancy) ** 2
+    n = max(2, math.ceil(base))
+    if underpowered_rate is None:
+        return n
+    z_se = _z(1.0 - underpowered_rate)
+    for _ in range(100):  # fixed point of n = base / (1 - z_se / sqrt(2 n))^2
+        shrink = 1.0 - z_se / math.sqrt(2.0 * n)
+        needed = max(2, math.ceil(base / shrink**2)) if shrink > 0 else 4 * n
+        if needed <= n:
+            return n
+        n = needed
+    return n
 
 
 def relative_margin(target: float, relative: float, floor: float = 0.0) -> float:

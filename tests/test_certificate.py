@@ -68,11 +68,13 @@ def test_failed_render_leaves_previous_files_intact(tmp_path):
     [
         (None, "no such certificate"),
         ("{not json", "not a readable certificate"),
-        ('{"schema_version": 1, "verdict": "PA', "not a readable certificate"),
+        ('{"schema_version": 2, "verdict": "PA', "not a readable certificate"),
         ("[1, 2]", "no schema_version"),
         ('{"schema_version": 99, "verdict": "PASS", "claims": [], "environment": {}}',
          "schema version 99"),
-        ('{"schema_version": 1, "verdict": "PASS", "claims": {}, "environment": {}}',
+        ('{"schema_version": 1, "verdict": "PASS", "claims": [], "environment": {}}',
+         "schema version 1"),
+        ('{"schema_version": 2, "verdict": "PASS", "claims": {}, "environment": {}}',
          "field 'claims' missing or malformed"),
     ],
 )

@@ -52,7 +52,8 @@ def test_shard_certificates_record_their_part(runs):
     # the check runs at the level of the whole run: its alpha does not depend on the split
     whole = replay.load(runs["whole"])
     checks = [c["claims"][0]["checks"] for c in (one, two, whole)]
-    assert {c[0]["alpha"] for c in checks if c} == {whole["claims"][0]["checks"][0]["alpha"]}
+    assert ({c[0]["false_fail_rate"] for c in checks if c}
+            == {whole["claims"][0]["checks"][0]["false_fail_rate"]})
 
 
 def test_merged_shards_equal_the_whole_run(runs, tmp_path, capsys):
@@ -71,7 +72,7 @@ def test_replay_reruns_what_is_recorded_and_names_each_difference(runs, tmp_path
     def tamper(cert):
         check = cert["claims"][0]["checks"][0]
         check["decisions"][0]["estimate"] += 1e-9
-        check["decisions"][1]["passed"] = False
+        check["decisions"][1]["outcome"] = "FAIL"
         check["verdict"] = cert["claims"][0]["verdict"] = cert["verdict"] = "FAIL"
         cert["environment"]["packages"]["torch"] = "0.0.1"
 
@@ -95,7 +96,7 @@ def test_replay_reruns_what_is_recorded_and_names_each_difference(runs, tmp_path
         "toy-mean: verdict FAIL -> PASS",
         f"{check}: verdict FAIL -> PASS",
         f"{check} / mean (example 0): estimate {tampered!r} -> {original!r}",
-        f"{check} / mean (example 1): passed False -> True",
+        f"{check} / mean (example 1): outcome 'FAIL' -> 'PASS'",
     ], out
     assert differences[-1] == "5 differences"
 
@@ -188,8 +189,8 @@ def test_bad_certificate_files_are_refused(runs, tmp_path, capsys):
     cases = {
         "truncated.json": "not a readable certificate",
         "empty.json": "not a readable certificate",
-        _edited(runs["whole"], tmp_path, "v2.json", lambda c: c.update(schema_version=2)).name:
-            "schema version 2, this harness reads 1",
+        _edited(runs["whole"], tmp_path, "v3.json", lambda c: c.update(schema_version=3)).name:
+            "schema version 3, this harness reads 2",
         _edited(runs["whole"], tmp_path, "bad.json",
                 lambda c: c["claims"][0].update(verdict="MAYBE")).name:
             "does not conform to the certificate schema at claims/0/verdict",

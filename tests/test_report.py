@@ -29,14 +29,18 @@ def rendered(tmp_path_factory):
 
 
 def test_margin_is_below_one_exactly_when_the_decision_passes():
-    tests = [stats.equal("e", est, 1.0, 0.0) for est in (0.0, 2.0, -3.5, 5.0, float("nan"))]
-    tests += [stats.at_most("a", est, 1.0, 0.0) for est in (-2.0, 1.0, 3.0, 6.0)]
-    tests += [stats.exceeds("x", est, 1.0, 0.0) for est in (-1.0, 1.0, 3.0, 9.0)]
+    # designed sizes large enough that every decision is powered: then margin alone decides
+    tests = [stats.equivalent("e", est, 1.0, 0.0, margin=6.0) for est in (0.0, 2.0, -3.5, 5.0, float("nan"))]
+    tests += [stats.at_most("a", est, 1.0, 0.0, discrepancy=6.0) for est in (-2.0, 1.0, 3.0, 6.0)]
+    tests += [stats.exceeds("x", est, 1.0, 0.0, effect=6.0) for est in (-1.0, 1.0, 3.0, 9.0)]
     tests += [stats.within_precision("p", v, 1.0, 1e-9) for v in (1.0, 1 + 1e-10, 1 + 1e-8)]
+    tests += [stats.demonstrate("d", 1.0, p, power=0.9999) for p in (1e-3, 0.05, 0.2)]
     for test in tests:
         decision = test.decide(1e-3).to_json()
+        assert decision["outcome"] != "UNDERPOWERED", decision
         used = report.margin(decision)
-        inside = used <= 1 if test.kind == "precision" else used < 1  # precision: |gap| <= bound
+        inclusive = test.kind in ("bound", "demonstrate")  # |gap| <= bound, p <= rate
+        inside = used <= 1 if inclusive else used < 1
         assert inside == decision["passed"], decision
 
 

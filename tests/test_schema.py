@@ -49,7 +49,8 @@ def false():
 def zero(run):
     if run.subject.crash:
         raise RuntimeError("boom")
-    return [stats.equal("v", run.subject.value, 0.1, 0.0, example=i) for i in range(len(run.settings))]
+    return [stats.equivalent("v", run.subject.value, 0.1, 0.0, margin=1.0, example=i)
+            for i in range(len(run.settings))]
 
 @claim.check("outside", settings=st.just(1), examples=Profiled(1, 1))
 def outside(run):
@@ -96,12 +97,16 @@ def test_placeholder_shards_and_merge_conform(tmp_path_factory):
 
 
 def _valid_certificate():
-    evidence = {"kind": "check", "name": "c", "claim": "c1", "check": "c", "alpha": 0.01,
-                "alpha_per_decision": 0.01, "false_pass_rate": 0.05, "check_seed": 3,
+    evidence = {"kind": "check", "name": "c", "claim": "c1", "check": "c", "false_fail_rate": 0.01,
+                "false_fail_rate_per_decision": 0.01, "false_pass_rate": 0.05,
+                "relative_discrepancy": 0.1, "check_seed": 3,
+                "applicable": {"settings": 1, "inside_assumptions": 1, "required": 1,
+                               "not_applicable_fraction": 0.0},
                 "examples": [{"setting": {"n": 1}, "seed": 5}],
-                "decisions": [{"name": "d", "kind": "equal", "estimate": 0.1, "standard_error": 0.2,
-                               "target": 0.0, "interval": [-0.4, 0.6], "alpha": 0.01,
-                               "p_value": 0.6, "detectable": 0.8, "passed": True, "example": 0,
+                "decisions": [{"name": "d", "kind": "equivalent", "estimate": 0.1, "standard_error": 0.2,
+                               "target": 0.0, "interval": [-0.4, 0.6], "false_fail_rate": 0.01,
+                               "false_pass_rate": 0.05, "p_value": 0.6, "designed": 1.5,
+                               "detectable": 1.1, "outcome": "PASS", "passed": True, "example": 0,
                                "note": ""}],
                 "records": {"figures": [{"title": "t", "xlabel": "x", "ylabel": "y", "xscale": "log",
                                          "yscale": "linear",

@@ -1,99 +1,172 @@
 """The statistics module's error rates, measured empirically on known distributions.
 
-Each decision rule claims a false-fail rate alpha (or, for ``exceeds``, a false-pass
-rate alpha) and reports a ``detectable`` discrepancy found with probability
-1 - false_pass_rate. Here both are measured over many simulated experiments and
-compared with their nominal values by an exact binomial interval at level 1e-6, so
-a correct module fails these tests with probability about 1e-6 each.
+Every decision kind states a false-fail rate (FAIL when the theory holds) and a
+false-pass rate (PASS when the truth is off by the designed discrepancy). Here both
+are measured over many simulated experiments at a design whose standard error is
+exactly what :func:`stats.min_num_samples` asks for, and compared with their nominal
+values by an exact binomial interval at level 1e-6, so a correct module fails these
+tests with probability about 1e-6 each.
 """
+
+import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from cgeom_verify import stats
 
 EXPERIMENTS = 4000
 LEVEL = 1e-6  # level of the binomial interval around each measured rate
+FF, FP = 0.05, 0.10  # rates large enough to measure with EXPERIMENTS replicates
+SIGMA = 1.0
 
 
-def _rate(decisions) -> tuple[int, int]:
-    rejected = sum(not d.passed for d in decisions)
-    return rejected, len(decisions)
+def _assert_rate(count, trials, nominal):
+    lo, hi = stats.clopper_pearson(count, trials, LEVEL)
+    assert lo <= nominal <= hi, f"measured {count}/{trials}, nominal {nominal}"
 
 
-def _assert_rate(rejected, trials, nominal):
-    lo, hi = stats.clopper_pearson(rejected, trials, LEVEL)
-    assert lo <= nominal <= hi, f"measured {rejected}/{trials}, nominal {nominal}"
+def test_planner_inverts_the_detectable_discrepancy():
+    for kind in ("equivalent", "at_most", "exceeds"):
+        n = stats.min_num_samples(2.0, 0.1, 1e-3, 0.05, kind=kind, underpowered_rate=None)
+        assert stats.min_discrepancy(2.0 / math.sqrt(n), 1e-3, 0.05, kind=kind) <= 0.1
+        assert stats.min_discrepancy(2.0 / math.sqrt(n - 1), 1e-3, 0.05, kind=kind) > 0.1
 
 
-def _experiments(sampler, n, seed=0):
-    rng = np.random.default_rng(seed)
-    return stats.mean_se(sampler(rng, (EXPERIMENTS, n)))
-
-
-@pytest.mark.parametrize("alpha", [0.05, 0.2])
-def test_equal_false_fail_rate_normal_data_with_t_quantiles(alpha):
-    means, ses = _experiments(lambda r, s: r.normal(1.5, 2.0, s), n=12)
-    decisions = [stats.equal("m", m, se, 1.5, df=11).decide(alpha) for m, se in zip(means, ses, strict=True)]
-    _assert_rate(*_rate(decisions), alpha)
-
-
-def test_equal_false_fail_rate_skewed_data_large_sample():
-    # Exponential data, n = 400: the CLT makes the z-interval nearly exact.
-    means, ses = _experiments(lambda r, s: r.exponential(1.0, s), n=400, seed=1)
-    decisions = [stats.equal("m", m, se, 1.0).decide(0.1) for m, se in zip(means, ses, strict=True)]
-    _assert_rate(*_rate(decisions), 0.1)
-
-
-def test_equal_power_at_reported_detectable_discrepancy():
-    # Shift the truth by the reported detectable size: rejection rate should be
-    # about 1 - false_pass_rate (slightly more: the far tail also rejects).
-    alpha, beta = 0.01, 0.05
-    means, ses = _experiments(lambda r, s: r.normal(0.0, 1.0, s), n=900, seed=2)
-    detectable = stats.equal("m", 0.0, 1 / 30, 0.0).decide(alpha, beta).detectable
-    decisions = [stats.equal("m", m, se, -detectable).decide(alpha, beta)
+def test_planned_sample_size_meets_the_design_with_an_estimated_standard_error():
+    # planned so that the estimated s.e. exceeds the design with probability <= 1e-4
+    n = stats.min_num_samples(SIGMA, 0.2, FF, FP, kind="equivalent")
+    rng = np.random.default_rng(1)
+    means, ses = stats.mean_se(rng.normal(0.0, SIGMA, (EXPERIMENTS, n)))
+    decisions = [stats.equivalent("m", m, se, 0.0, margin=0.2).decide(FF, FP)
                  for m, se in zip(means, ses, strict=True)]
-    rejected, trials = _rate(decisions)
-    lo, hi = stats.clopper_pearson(rejected, trials, LEVEL)
-    assert lo <= 1 - beta + 0.005 and hi >= 1 - beta - 0.005
+    assert sum(d.outcome == "UNDERPOWERED" for d in decisions) <= 2
+    se = SIGMA / math.sqrt(n)  # the false-fail rate at the planned n: below FF, as designed
+    _assert_rate(sum(d.outcome == "FAIL" for d in decisions), EXPERIMENTS,
+                 2 * scipy_stats.norm.sf(0.2 / se - scipy_stats.norm.ppf(1 - FP)))
 
 
-def test_at_most_and_exceeds_error_rates():
-    means, ses = _experiments(lambda r, s: r.normal(0.0, 1.0, s), n=100, seed=3)
-    at_most = [stats.at_most("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses, strict=True)]
-    _assert_rate(*_rate(at_most), 0.05)  # truth on the boundary: false-fail = alpha
-    exceeds = [stats.exceeds("m", m, se, 0.0).decide(0.05) for m, se in zip(means, ses, strict=True)]
-    passed = sum(d.passed for d in exceeds)  # truth on the boundary: false-pass = alpha
-    _assert_rate(passed, EXPERIMENTS, 0.05)
+def test_equivalence_rates_with_known_standard_error():
+    # With the standard error known and exactly at the design, the rates are exact:
+    # at the target, FAIL iff |est| >= z_{1-FF/2} se; at the margin, PASS with prob. ~FP.
+    margin = 0.2
+    se = margin / (scipy_stats.norm.ppf(1 - FF / 2) + scipy_stats.norm.ppf(1 - FP))
+    rng = np.random.default_rng(3)
+    at_target = rng.normal(0.0, se, EXPERIMENTS)
+    fails = sum(stats.equivalent("m", m, se * (1 - 1e-12), 0.0, margin=margin).decide(FF, FP).outcome
+                == "FAIL" for m in at_target)
+    _assert_rate(fails, EXPERIMENTS, FF)
+    at_margin = rng.normal(margin, se, EXPERIMENTS)
+    passes = sum(stats.equivalent("m", m, se * (1 - 1e-12), 0.0, margin=margin).decide(FF, FP).passed
+                 for m in at_margin)
+    _assert_rate(passes, EXPERIMENTS, FP)
 
 
-def test_within_precision_and_non_finite_inputs():
+def test_at_most_false_fail_at_the_bound_and_false_pass_at_the_designed_excess():
+    d = 0.2
+    se = d / (scipy_stats.norm.ppf(1 - FF) + scipy_stats.norm.ppf(1 - FP))
+    rng = np.random.default_rng(4)
+    fails = sum(stats.at_most("m", m, se, 0.0, discrepancy=d).decide(FF, FP).outcome == "FAIL"
+                for m in rng.normal(0.0, se, EXPERIMENTS))
+    _assert_rate(fails, EXPERIMENTS, FF)
+    passes = sum(stats.at_most("m", m, se, 0.0, discrepancy=d).decide(FF, FP).passed
+                 for m in rng.normal(d, se, EXPERIMENTS))
+    _assert_rate(passes, EXPERIMENTS, FP)
+
+
+def test_exceeds_false_pass_at_the_bound_and_false_fail_at_the_predicted_effect():
+    e = 0.2
+    se = e / (scipy_stats.norm.ppf(1 - FF) + scipy_stats.norm.ppf(1 - FP))
+    rng = np.random.default_rng(5)
+    passes = sum(stats.exceeds("m", m, se, 0.0, effect=e).decide(FF, FP).passed
+                 for m in rng.normal(0.0, se, EXPERIMENTS))
+    _assert_rate(passes, EXPERIMENTS, FP)
+    fails = sum(stats.exceeds("m", m, se, 0.0, effect=e).decide(FF, FP).outcome == "FAIL"
+                for m in rng.normal(e, se, EXPERIMENTS))
+    _assert_rate(fails, EXPERIMENTS, FF)
+
+
+def test_a_decision_short_of_its_design_is_underpowered_never_a_pass():
+    for test in (stats.equivalent("e", 0.0, 1.0, 0.0, margin=1.0),
+                 stats.at_most("a", -5.0, 1.0, 0.0, discrepancy=1.0),
+                 stats.exceeds("x", 50.0, 1.0, 0.0, effect=1.0),
+                 stats.demonstrate("d", 3.0, 1e-9, power=0.9)):
+        decision = test.decide(1e-3)
+        assert decision.outcome == "UNDERPOWERED" and not decision.passed
+        assert decision.to_json()["passed"] is False
+    # a rejection of `at_most` is valid at its false-fail rate whatever the power
+    assert stats.at_most("a", 50.0, 1.0, 0.0, discrepancy=1.0).decide(1e-3).outcome == "FAIL"
+
+
+def test_bound_kind_is_deterministic_and_non_finite_inputs_fail():
     assert stats.within_precision("x", 1.0 + 1e-13, 1.0, 1e-12).decide(0.01).passed
     assert not stats.within_precision("x", 1.0 + 1e-11, 1.0, 1e-12).decide(0.01).passed
     assert not stats.within_precision("x", float("nan"), 1.0, 1e-12).decide(0.01).passed
-    assert not stats.equal("x", float("nan"), 1.0, 0.0).decide(0.01).passed
-    assert not stats.equal("x", 0.0, float("inf"), 0.0).decide(0.01).passed
+    assert stats.within_precision("x", 1.0, 1.0, 1e-12).decide(0.01).standard_error == 0.0
+    assert stats.equivalent("x", float("nan"), 1.0, 0.0, margin=9).decide(0.01).outcome == "FAIL"
+    assert stats.equivalent("x", 0.0, float("inf"), 0.0, margin=9).decide(0.01).outcome == "FAIL"
     with pytest.raises(ValueError):
-        stats.equal("x", 0.0, 1.0, 0.0).decide(0.0)
+        stats.equivalent("x", 0.0, 1.0, 0.0, margin=1.0).decide(0.0)
+    with pytest.raises(ValueError, match="designed discrepancy"):
+        stats.at_most("x", 0.0, 1.0, 0.0, discrepancy=0.0)
+
+
+def test_demonstrate_passes_on_the_p_value_at_the_false_pass_rate():
+    assert stats.demonstrate("d", 1.0, 0.01, power=0.9999).decide(1e-3, 0.05).passed
+    assert stats.demonstrate("d", 1.0, 0.2, power=0.9999).decide(1e-3, 0.05).outcome == "FAIL"
+
+
+def test_mann_whitney_exact_small_samples():
+    # 3 vs 3, complete separation: P(U = 9) = 1 / C(6, 3) = 0.05 under the null
+    result = stats.mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    assert result.statistic == 9 and result.p_value == pytest.approx(0.05)
+
+
+def _jt_exact(groups):
+    """Brute force over every distinct relabelling (tiny groups only)."""
+    from itertools import permutations
+
+    values = np.concatenate(groups)
+    labels = np.concatenate([[k] * len(g) for k, g in enumerate(groups)])
+    observed = stats._jt_statistic(values, labels[None])[0]
+    seen = {tuple(p) for p in permutations(labels)}
+    counts = [stats._jt_statistic(values, np.array([p]))[0] >= observed - 1e-9 for p in seen]
+    return sum(counts) / len(seen)
+
+
+def test_jonckheere_terpstra_permutation_p_value_matches_exact_enumeration():
+    groups = [[0.1, 0.5], [0.3, 0.9], [0.7, 1.2]]
+    exact = _jt_exact([np.array(g) for g in groups])
+    estimate = stats.jonckheere_terpstra(groups, permutations=40000, seed=1)
+    assert abs(estimate.p_value - exact) < 4 * math.sqrt(exact * (1 - exact) / 40000) + 1e-4
+
+
+def test_jonckheere_terpstra_is_calibrated_under_the_null():
+    rng = np.random.default_rng(6)
+    hits = sum(stats.jonckheere_terpstra([rng.normal(size=5) for _ in range(4)], permutations=400,
+                                         seed=k).p_value <= 0.1 for k in range(600))
+    _assert_rate(hits, 600, 0.1 * 401 / 401)
 
 
 def test_weighted_least_squares_recovers_line_and_calibrated_errors():
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(7)
     x = np.linspace(0, 1, 8)
     design = np.stack([np.ones_like(x), x], axis=1)
     se = np.full(8, 0.1)
-    covered = 0
+    z = scipy_stats.norm.ppf(0.95)
+    missed = 0
     for _ in range(2000):
         fit = stats.weighted_least_squares(design, 2.0 - 3.0 * x + rng.normal(0, 0.1, 8), se)
-        covered += stats.equal("slope", fit.coef[1], fit.standard_error[1], -3.0).decide(0.1).passed
-    _assert_rate(2000 - covered, 2000, 0.1)
+        missed += abs(fit.coef[1] + 3.0) > z * fit.standard_error[1]
+    _assert_rate(missed, 2000, 0.1)
 
 
 def test_variance_se_is_calibrated():
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(8)
     var, se = stats.variance_se(rng.normal(0.0, 2.0, (EXPERIMENTS, 500)))
-    decisions = [stats.equal("v", v, s, 4.0).decide(0.1) for v, s in zip(var, se, strict=True)]
-    _assert_rate(*_rate(decisions), 0.1)
+    missed = int((np.abs(var - 4.0) > scipy_stats.norm.ppf(0.95) * se).sum())
+    _assert_rate(missed, EXPERIMENTS, 0.1)
 
 
 def test_budgets():

@@ -44,7 +44,7 @@ def mean_is_mu(run):
     for i, mu in enumerate(run.settings):
         draws = run.subject.sample(mu, 4000, run.generator(i))
         m, se = stats.mean_se(draws.cpu().numpy())
-        tests.append(stats.equal("mean", m, se, mu, example=i))
+        tests.append(stats.equivalent("mean", m, se, mu, margin=0.1, example=i))
     return tests
 
 
