@@ -65,11 +65,11 @@ from dataclasses import asdict, dataclass, replace
 import hypothesis.strategies as st
 import numpy as np
 import torch
+from scipy import special
+from scipy import stats as _scipy_stats
 
 from cgeom_verify import Claim, Profiled, stats
 from cgeom_verify.kernels import gibbs, particles, quadrature
-from scipy import special
-from scipy import stats as _scipy_stats
 
 #: The authors' Figs. 3-4 landscape and metric.
 WELLS = particles.Wells(((0.0, 0.0, 1.0), (0.85, 0.15, -0.5)), (0.5, 0.5), 12.0)
@@ -449,14 +449,14 @@ def _seed_plan(run, design: Design, rate: float) -> dict:
         table.setdefault(m, run.pick(BIAS_BANDWIDTHS_OTHER_M))
     for m, hs in table.items():  # slope in h at each M: sd of sum c_h mean_h with n seeds each
         c = _wls_contrast(hs)
-        sd = math.sqrt(sum((ck * _planning_sd((BIAS_TAU, h), m)) ** 2 for ck, h in zip(c, hs)))
+        sd = math.sqrt(sum((ck * _planning_sd((BIAS_TAU, h), m)) ** 2 for ck, h in zip(c, hs, strict=True)))
         n = _design_seeds(sd, SLOPE_EFFECT, rate, fp, "exceeds")
         for h in hs:
             need((BIAS_TAU, h, m), n)
     ms = sorted(m for m, hs in table.items() if AUTHORS_BANDWIDTH in hs)
     w = _limit_weights(ms)
     sd = math.sqrt(sum((wk * _planning_sd((BIAS_TAU, AUTHORS_BANDWIDTH), m)) ** 2
-                       for wk, m in zip(w, ms)))
+                       for wk, m in zip(w, ms, strict=True)))
     n = _design_seeds(sd, PERSIST_EFFECT, rate, fp, "exceeds")
     for m in ms:
         need((BIAS_TAU, AUTHORS_BANDWIDTH, m), n)
@@ -558,8 +558,8 @@ def _trend_tests(table: dict, fits: dict) -> list:
         # expectation is 0 if h does not matter, and its s.e. (from the cells' s.e.) is
         # valid whether or not the bias is linear in h (it is not).
         c = _wls_contrast(hs)
-        slope = float(sum(ck * by_h[h]["bias"] for ck, h in zip(c, hs)))
-        se = math.sqrt(sum((ck * by_h[h]["bias_sem"]) ** 2 for ck, h in zip(c, hs)))
+        slope = float(sum(ck * by_h[h]["bias"] for ck, h in zip(c, hs, strict=True)))
+        se = math.sqrt(sum((ck * by_h[h]["bias_sem"]) ** 2 for ck, h in zip(c, hs, strict=True)))
         df = min(by_h[h]["seeds"] for h in hs) - 1
         tests.append(stats.exceeds(f"bias increases with h at tau=0.1, M={m}", slope, se, 0.0,
                                    effect=SLOPE_EFFECT, df=df,

@@ -177,8 +177,8 @@ def test_vmf_normaliser_quadrature_bound_covers_the_error(sphere, shape, kappa):
 
 def test_closed_form_checks_catch_unnormalised_weights():
     # The grid identities hold for any weights; the closed-form decisions do not.
-    from claims import unimodal_landscape as ul
     from cgeom_verify.claim import CheckRun
+    from claims import unimodal_landscape as ul
 
     run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=IntrinsicEnergy(),
                    profile="quick", device=torch.device("cpu"))
