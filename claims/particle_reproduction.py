@@ -248,7 +248,7 @@ def _authors_mc_standard_error(tau: float) -> float:
     in_caps = second_moment * float(_gibbs(tau / 2))
     p = float(_gibbs(tau))
     variance = (1 - p) ** 2 * in_caps + p**2 * (second_moment - in_caps)
-    return math.sqrt(variance / AUTHORS_MC_POINTS)
+    return math.sqrt(max(variance, 0.0) / AUTHORS_MC_POINTS)  # (a broken oracle: decide, not crash)
 
 
 # --------------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def _cell_row(tau, h, m, fractions, gibbs_mass, margin) -> dict:
             "trained_mean": float(mean), "trained_sem": float(sem), "gibbs": float(gibbs_mass),
             "bias": float(mean - gibbs_mass), "bias_sem": float(sem),
             "margin": float(margin),
-            "resolution": math.sqrt(gibbs_mass * (1 - gibbs_mass) / m)}
+            "resolution": math.sqrt(max(gibbs_mass * (1 - gibbs_mass), 0.0) / m)}
 
 
 def _agreement_margin(run, p) -> float:
