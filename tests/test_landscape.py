@@ -142,5 +142,58 @@ def test_partition_masses_add_up(s2):
 
 def test_summation_error_bound():
     n = 1000
-    bound = landscape.summation_error_bound(2.0, n)
+    bound = quadrature.summation_error_bound(2.0, n)
     assert math.isclose(bound, 2.0 * (n + 16) * 2.0**-53, rel_tol=1e-9)
+
+
+def test_one_precision_model():
+    # gamma_n = n u / (1 - n u); the grid bound is gamma_{M + 16} sum |terms|.
+    u = quadrature.UNIT_ROUNDOFF
+    assert math.isclose(quadrature.gamma(10), 10 * u / (1 - 10 * u), rel_tol=1e-15)
+    terms = torch.full((5, 100), 0.5, dtype=torch.float64)
+    bound = quadrature.grid_sum_error_bound(terms)
+    torch.testing.assert_close(bound, torch.full((5,), 50.0 * quadrature.gamma(116),
+                                                 dtype=torch.float64))
+    assert quadrature.exact_degree(2, (96,)) == 95 and quadrature.exact_degree(3, (24, 48)) == 47
+
+
+@pytest.mark.parametrize("sphere,shape,kappa", [(2, (96,), 30.0), (3, (24, 48), 10.0),
+                                                (3, (6, 12), 4.0)])
+def test_vmf_normaliser_quadrature_bound_covers_the_error(sphere, shape, kappa):
+    # The closed-form oracle of the landscape checks: sum_k q_k e^{kappa <z_k, m>} = V_d(kappa)
+    # up to the derived relative bound (plus rounding).
+    from cgeom_verify.kernels import vmf
+
+    points, weights = (quadrature.circle_grid(*shape) if sphere == 2
+                       else quadrature.sphere_grid(*shape))
+    m = vmf.sample_uniform_sphere((), sphere, _gen(5))
+    grid = float(torch.logsumexp(kappa * (points @ m) + torch.log(weights), -1))
+    exact = float(vmf.log_kernel_volume(sphere, kappa))
+    rel = float(quadrature.exp_polynomial_quadrature_bound(kappa, 0, 1.0,
+                                                           quadrature.exact_degree(sphere, shape),
+                                                           sphere))
+    assert abs(grid - exact) <= -math.log1p(-min(rel, 0.5)) + 1e-13
+
+
+def test_closed_form_checks_catch_unnormalised_weights():
+    # The grid identities hold for any weights; the closed-form decisions do not.
+    from cgeom_verify.claim import CheckRun
+    from claims import unimodal_landscape as ul
+
+    run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=IntrinsicEnergy(),
+                   profile="quick", device=torch.device("cpu"))
+    good = [t.decide(1e-3).passed for t in ul._closed_form_gibbs(run, 0, 3, (0.3, 1.0), _gen())]
+    assert all(good)
+    original = ul._grid
+
+    def doubled(sphere, device):
+        points, weights = original(sphere, device)
+        return points, 2 * weights
+
+    ul._grid = doubled
+    try:
+        bad = [t.decide(1e-3).passed for t in ul._closed_form_gibbs(run, 0, 3, (0.3, 1.0), _gen())]
+        bad += [t.decide(1e-3).passed for t in ul._closed_form_energy(run, 0, 3, 0.5, _gen())]
+    finally:
+        ul._grid = original
+    assert not all(bad)

@@ -11,7 +11,7 @@ import torch
 from cgeom_verify.kernels import divergence_geometry as geo
 from cgeom_verify.kernels import floored_simplex, quadrature, vmf
 
-EPS = geo.EPS
+EPS = 2 * quadrature.UNIT_ROUNDOFF  # machine epsilon 2^-52
 
 
 def _generator(seed=0):
@@ -60,7 +60,7 @@ def test_quadrature_bound_covers_the_actual_error(nodes):
         exact = float(geo.vmf_expected_log(2, np.array([1.0, 0.0]), kappa_p,
                                            np.array([math.cos(angle), math.sin(angle)]), kappa_q))
         sup = kappa_q + float(vmf.log_kernel_volume(2, kappa_q))
-        bound = float(geo.exp_polynomial_quadrature_bound(kappa_p, 1, sup, nodes - 1, 2))
+        bound = float(quadrature.exp_polynomial_quadrature_bound(kappa_p, 1, sup, nodes - 1, 2))
         assert abs(grid - exact) <= bound + 64 * EPS * sup
         assert nodes == 12 or bound < 1e-4
 
@@ -70,7 +70,7 @@ def test_sum_rounding_bound_covers_a_float32_shadow():
     # and a float64 sum is within the float64 bound of the exact (fsum) value.
     terms = torch.randn(4096, generator=_generator(), dtype=torch.float64) * 1e3
     exact = math.fsum(terms.tolist())
-    assert abs(float(terms.sum()) - exact) <= float(geo.sum_rounding_bound(terms.abs()))
+    assert abs(float(terms.sum()) - exact) <= float(quadrature.grid_sum_error_bound(terms.abs()))
 
 
 # --- information functionals ----------------------------------------------------------------
@@ -197,3 +197,12 @@ def test_projected_gradient_descends_a_concave_function_to_a_vertex():
     end = floored_simplex.projected_gradient(gradient, start, weights, 0.1, 12.0, 30)
     assert torch.all(energy(end) <= energy(start))
     assert torch.all((end > 0.1 + 1e-9).sum(-1) == 1)
+
+
+def test_resolved_inequality_is_a_precision_test():
+    from claims import multimodal_geometry as mg
+
+    assert mg._resolved_test("x", 1.0, 0.5, 0, "").decide(1e-3).passed
+    assert not mg._resolved_test("x", 0.4, 0.5, 0, "").decide(1e-3).passed
+    assert not mg._resolved_test("x", -1.0, 0.5, 0, "").decide(1e-3).passed
+    assert mg._resolved_test("x", 1.0, 0.5, 0, "").kind == "bound"

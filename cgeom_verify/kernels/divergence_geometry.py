@@ -15,14 +15,11 @@ Public API:
 * kernel smoothing ``k_tau * q``: :func:`smoothing_matrix` (any grid density) and
   :func:`sharpening_expansion` (vMF mixtures, exact, with a rigorous bracket of the
   remainder of ``log(k_tau*q) = log q + (tau/2) Δq/q + O(tau^2)``);
-* precision bounds: :func:`sum_rounding_bound`, :func:`log_volume_rounding`,
-  :func:`exp_polynomial_quadrature_bound`.
+* precision: :func:`log_volume_rounding`; grid sums and quadrature use the one precision
+  model of :mod:`.quadrature` (unit roundoff u = 2^-53, Higham's ``gamma_n``,
+  :func:`.quadrature.grid_sum_error_bound`, :func:`.quadrature.exp_polynomial_quadrature_bound`).
 
-Precision model (every bound below is derived from it): a float64 operation has
-relative error at most ``EPS`` (unit roundoff 2^-53 <= EPS = 2^-52); a sum of n terms
-computed in any order has absolute error at most ``gamma_n * sum |terms|`` with
-``gamma_n = n EPS / (1 - n EPS)`` (Higham, *Accuracy and Stability*, Thm 4.3 form);
-``vmf.log_kernel_volume(d, x)`` is accurate to ``16 EPS (1 + x)`` (it adds x to an O(log x)
+``vmf.log_kernel_volume(d, x)`` is accurate to ``32 u (1 + x)`` (it adds x to an O(log x)
 part; tested against mpmath in tests/test_multimodal_geometry.py).
 """
 
@@ -32,12 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
 
-from . import vmf
+from . import quadrature, vmf
 
 __all__ = [
-    "EPS",
     "entropy",
     "expected_log",
     "kl_divergence",
@@ -50,12 +45,11 @@ __all__ = [
     "SharpeningExpansion",
     "sharpening_expansion",
     "amos_ratio_bounds",
-    "sum_rounding_bound",
     "log_volume_rounding",
-    "exp_polynomial_quadrature_bound",
 ]
 
-EPS = float(torch.finfo(torch.float64).eps)
+#: Shorthand of the shared precision model: the unit roundoff u = 2^-53.
+U = quadrature.UNIT_ROUNDOFF
 
 
 # --- information functionals on a grid --------------------------------------------------------
@@ -255,50 +249,20 @@ def sharpening_expansion(points, means, kappas, log_weights, taus) -> Sharpening
     lo = (log_omega.exp() * (l_lo - first)).sum(-1)
     hi = torch.logsumexp(log_omega + (l_hi - first_mix[..., None]), dim=-1)
     # Rounding of l_i: the two log volumes (log_volume_rounding each, plus the propagated
-    # relative error 4 EPS of the computed |u| times A_d <= 1), k c, and 3 subtractions of
-    # operands bounded by x1 + x0 + k. The posterior weights err by a few EPS of the logits,
-    # and the logsumexp adds a few EPS of its result.
-    per_component = (log_volume_rounding(x1) + log_volume_rounding(x0) + 4 * EPS * x1
-                     + 3 * EPS * (x1 + x0 + k))
+    # relative error 8 u of the computed |u| times A_d <= 1), k c, and 3 subtractions of
+    # operands bounded by x1 + x0 + k. The posterior weights err by a few u of the logits,
+    # and the logsumexp adds a few u of its result.
+    per_component = (log_volume_rounding(x1) + log_volume_rounding(x0) + 8 * U * x1
+                     + 6 * U * (x1 + x0 + k))
     logit_scale = logits.abs().amax(dim=-1)[..., None, :]
-    rounding = (per_component.max(dim=-1).values + 4 * EPS * logit_scale
-                + 8 * EPS * (1 + log_ratio.abs()))
+    rounding = (per_component.max(dim=-1).values + 8 * U * logit_scale
+                + 16 * U * (1 + log_ratio.abs()))
     return SharpeningExpansion(log_ratio, first_mix, lo, hi, rounding)
 
 
 # --- precision bounds ---------------------------------------------------------------------------
 
 
-def sum_rounding_bound(abs_terms: torch.Tensor, term_ops: int = 4) -> torch.Tensor:
-    """Bound on the float64 error of ``sum(terms)`` along the last axis.
-
-    ``gamma_{n + term_ops} * sum |terms|``: n additions plus ``term_ops`` roundings inside each
-    term (products, a log or exp), each a relative error <= EPS of that term.
-    """
-    n = abs_terms.shape[-1] + term_ops
-    gamma = n * EPS / (1 - n * EPS)
-    return gamma * abs_terms.sum(-1)
-
-
 def log_volume_rounding(x: torch.Tensor) -> torch.Tensor:
-    """Stated accuracy of ``vmf.log_kernel_volume`` at x: ``16 EPS (1 + x)``."""
-    return 16 * EPS * (1 + x)
-
-
-def exp_polynomial_quadrature_bound(kappa, degree: int, sup: float, exact_degree: int, d: int):
-    """Quadrature error bound for ``∫ vMF(m, kappa)(z) g(z) dmu``, g a polynomial of ``degree``.
-
-    For a positive rule with weights summing to 1 that integrates spherical polynomials of
-    degree <= ``exact_degree`` exactly, the error is at most twice the uniform distance of
-    the integrand to such polynomials. Truncating ``e^{kappa <m,z>}`` at degree
-    ``L = exact_degree - degree`` leaves ``sum_{j > L} kappa^j / j!``
-    ``= e^kappa P(Poisson(kappa) > L) = e^kappa * gammainc(L + 1, kappa)`` (as |<m,z>| <= 1);
-    hence the bound ``2 sup|g| e^kappa gammainc(L + 1, kappa) / V_d(kappa)``.
-    """
-    kappa = np.asarray(kappa, dtype=np.float64)
-    tail_degree = exact_degree - degree + 1
-    if tail_degree < 1:
-        raise ValueError("the grid does not integrate the polynomial factor exactly")
-    with np.errstate(divide="ignore"):
-        log_tail = np.log(special.gammainc(tail_degree, kappa)) + kappa
-    return 2 * sup * np.exp(log_tail - vmf.log_kernel_volume(d, kappa))
+    """Stated accuracy of ``vmf.log_kernel_volume`` at x: ``32 u (1 + x)``."""
+    return 32 * U * (1 + x)

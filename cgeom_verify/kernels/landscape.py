@@ -7,8 +7,8 @@ density ``rho`` w.r.t. ``mu`` is carried by its logarithm ``log_rho[..., M]`` wi
     F_{tau,U}(rho) = (1/tau) ∫ U rho dmu - H(rho),    H(rho) = -∫ rho log rho dmu.
 
 On the discrete measure the paper's identities (F - F* = KL, the exact convexity gap) hold
-*exactly*, so numerical checks of them are limited by floating point only
-(:func:`summation_error_bound`).
+*exactly*, so numerical checks of them are limited by floating point only (the precision
+model of :mod:`.quadrature`: :func:`.quadrature.summation_error_bound`).
 
 Public API:
 
@@ -18,8 +18,7 @@ Public API:
 * :func:`mirror_descent_rate_bound` — its known convergence rate for this energy;
 * :func:`random_mixture_potential`, :func:`random_harmonic_potential`,
   :func:`random_log_density` — random test inputs on a grid;
-* :func:`partition_masses` — the mass a density puts on each cell of a labelled partition;
-* :func:`summation_error_bound` — a priori float64 error of a quadrature sum.
+* :func:`partition_masses` — the mass a density puts on each cell of a labelled partition.
 """
 
 from __future__ import annotations
@@ -43,12 +42,7 @@ __all__ = [
     "random_harmonic_potential",
     "random_log_density",
     "partition_masses",
-    "summation_error_bound",
-    "UNIT_ROUNDOFF",
 ]
-
-#: float64 unit roundoff u = 2^-53.
-UNIT_ROUNDOFF = 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -205,15 +199,3 @@ def partition_masses(
     """``rho(cell c) = sum_{k: labels_k = c} q_k rho_k`` for ``c < cells``: ``[..., cells]``."""
     indicator = torch.nn.functional.one_hot(labels, cells).to(log_rho.dtype)  # [..., M, cells]
     return ((weights * torch.exp(log_rho)).unsqueeze(-2) @ indicator).squeeze(-2)
-
-
-def summation_error_bound(abs_sum, n_terms: int, ops_per_term: int = 16):
-    """A priori float64 error of a sum of ``n_terms`` computed terms.
-
-    Higham (Accuracy and Stability of Numerical Algorithms, 2002, eq. 4.4 and Lemma 3.1):
-    recursive summation of terms each carrying at most ``ops_per_term`` relative roundings
-    is off by at most ``gamma_n * sum |term|`` with ``n = n_terms + ops_per_term`` and
-    ``gamma_n = n u / (1 - n u)``. ``abs_sum`` is ``sum |term|`` (tensor or float).
-    """
-    n = n_terms + ops_per_term
-    return abs_sum * (n * UNIT_ROUNDOFF / (1.0 - n * UNIT_ROUNDOFF))
