@@ -232,13 +232,13 @@ class BatchGibbs:
         step = torch.log((2 + j) / (1 + j))  # f(C + 1) - f(C), f = log((1 + C)/(B + 1))
         return grad + p * batch * (pmf * step).sum(-1)
 
-    def minimiser(self, potential: torch.Tensor, tau: float, batch: int, *, steps: int = 200,
-                  rate: float = 0.5) -> torch.Tensor:
+    def minimiser(self, potential: torch.Tensor, tau: float, batch: int, *, steps: int = 60,
+                  rate: float = 1.0) -> torch.Tensor:
         """Mirror descent ``p <- p exp(-rate grad) / norm`` from the uniform law: ``[..., n]``.
 
-        On F the map contracts by ``1 - rate`` per step (F's KL-strong convexity with modulus 1
-        and smoothness 1 along the simplex in the mirror geometry); 200 steps at 1/2 reach
-        float64 resolution.
+        At rate 1 the step solves the population energy F exactly (``p <- exp(-U/tau)/Z``); the
+        batch terms perturb that map by O(1/(B min p)), so it contracts by about that factor per
+        step and 60 steps reach float64 resolution for B min p >= 4.
         """
         log_p = torch.zeros_like(potential)
         log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
