@@ -262,7 +262,7 @@ unimodal_gibbs = Claim(
     ),
     assumptions=(
         "a discretised sphere: n equal cells, the law p a probability vector",
-        "B min p* >= 8: the expansion of E log rho_hat in 1/B holds cell by cell",
+        "B min p* >= 16: the expansion of E log rho_hat in 1/B holds cell by cell",
     ),
     subject=finite_batch.BatchGibbs(),
 )
@@ -340,7 +340,7 @@ class GibbsSetting:
 @st.composite
 def gibbs_settings(draw):
     """3-6 cells; u rescaled to a range in [1, 2.5] so that p* is far from uniform (delta is then
-    of order one) and min p* >= e^-2.5/6: B0 <= 512."""
+    of order one) and min p* >= e^-2.5/6: B0 <= 1024."""
     n = draw(st.integers(3, 6))
     raw = draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n).filter(
         lambda v: max(v) - min(v) > 0.2))
@@ -362,7 +362,7 @@ def predicted_shift(gibbs: np.ndarray) -> np.ndarray:
 
 
 #: B0 min p* >= this (the expansion is in 1/(B p)).
-GIBBS_REGIME = 8
+GIBBS_REGIME = 16
 
 
 @unimodal_gibbs.check("minimiser shift B^2 (p_B - p*) -> delta", settings=gibbs_settings(),
