@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import hypothesis.strategies as st
 import numpy as np
 import sympy
-import torch
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
 from cgeom_verify.kernels import finite_batch, partition

@@ -144,3 +144,61 @@ def test_positive_excluded_is_refused():
         fb.BatchGibbs(include_positive=False)
     with pytest.raises(ValueError):
         fb.MinibatchGradient("median")
+
+
+# -- the Fig. 5 toy trainer (groundwork for the trajectory claims) ------------------------------
+
+
+def test_minibatch_objective_is_symmetric_cross_entropy():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    g = _gen(6)
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    sigma = torch.tensor([0.0, 0.4], dtype=torch.float64, device=CPU)
+    w = clip_toy.initial_weights(2, g)
+    x1, x2 = fb._pairs(data, sigma, 32, g)
+    uniform = torch.full((2, 32), 1 / 32, dtype=torch.float64, device=CPU)
+    got = fb.mm_objective(w, x1, x2, uniform, uniform, None, 0.07)
+    for r in range(2):
+        z1 = torch.nn.functional.normalize(x1[r] @ w[0, r].T, dim=-1)
+        z2 = torch.nn.functional.normalize(x2[r] @ w[1, r].T, dim=-1)
+        logits = z1 @ z2.T / 0.07
+        target = torch.arange(32, device=CPU)
+        ce = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
+                    + torch.nn.functional.cross_entropy(logits.T, target))
+        torch.testing.assert_close(got[r], ce - math.log(32))
+
+
+def test_dense_population_training_matches_the_fourier_oracle():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    g = _gen(7)
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    sigma = torch.tensor([0.3, 0.6], dtype=torch.float64, device=CPU)
+    w = clip_toy.initial_weights(2, g, identical=True)
+    ours = fb.train_toy(data, sigma, w, [fb.Optimiser("adam", 5e-3)] * 2, [0, 0], steps=15,
+                        generator=g, points=64)
+    ref, _ = clip_toy.train_population(data, sigma, w, steps=15,
+                                       grid=clip_toy.PopulationGrid(points=64))
+    torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_batched_optimiser_kinds():
+    from cgeom_verify.kernels import clip_toy
+
+    param = torch.linspace(-1, 1, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)
+    grad = torch.linspace(0.5, -0.3, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)
+    opt = fb.BatchedOptimiser(param, [fb.Optimiser("sgd", 0.1, 0.5), fb.Optimiser("adam", 0.01)])
+    ref = clip_toy.BatchedAdam(param[:, 1:], 0.01)
+    for _ in range(3):
+        opt.step(grad)
+        ref.step(grad[:, 1:])
+    sgd = param[:, :1].clone()
+    for _ in range(3):
+        sgd = sgd - 0.1 * (grad[:, :1] + 0.5 * sgd)
+    torch.testing.assert_close(opt.param[:, :1], sgd)
+    torch.testing.assert_close(opt.param[:, 1:], ref.param)

@@ -32,6 +32,13 @@ batch-expected energy ``F_B(p) = sum_k p_k U_k/tau + sum_k p_k E log rho_hat_k``
 (:class:`BatchGibbs`), and its minimiser ``p_B`` is found by mirror descent (exponentiated
 gradient, the natural flow on the simplex); ``detach_negatives`` reproduces the stop-gradient
 bug (the negatives' dependence on p dropped from the gradient).
+
+**The Fig. 5 toy at finite batch** (groundwork for the trajectory claims, not yet certified):
+:func:`train_toy` trains every (batch size, sigma, seed, optimiser) run of a sweep at once, the
+population runs (batch 0) on Thm 4.1's J_mm by dense quadrature (:func:`population_problem`,
+tested against :func:`cgeom_verify.kernels.clip_toy.train_population`), the others on fresh
+minibatches, with SGD, Adam or AdamW per run (:class:`BatchedOptimiser`); :func:`exact_gap` is
+the trained encoders' D_S by quadrature of their pushforward densities.
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ __all__ = [
     "draw_negatives",
     "sample_vmf_s2",
     "BatchGibbs",
+    "Optimiser",
+    "BatchedOptimiser",
+    "mm_objective",
+    "population_problem",
+    "train_toy",
+    "exact_gap",
 ]
 
 
@@ -246,3 +259,161 @@ class BatchGibbs:
             log_p = log_p - rate * self.gradient(torch.exp(log_p), potential, tau, batch)
             log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
         return torch.exp(log_p)
+
+
+# -- the Fig. 5 toy at finite batch, every (B, sigma, seed, optimiser) run in one program ----------
+
+
+@dataclass(frozen=True)
+class Optimiser:
+    """One optimiser of a sweep: ``kind`` "sgd" (plain, no momentum) or "adam" (torch defaults);
+    ``weight_decay`` is decoupled (AdamW; for SGD it equals an L2 penalty of that strength)."""
+
+    kind: str
+    lr: float
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("sgd", "adam") or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"invalid optimiser {self}")
+
+    @property
+    def label(self) -> str:
+        name = {"sgd": "SGD", "adam": "Adam"}[self.kind]
+        return name + (f" wd {self.weight_decay:g}" if self.weight_decay else "")
+
+
+class BatchedOptimiser:
+    """SGD, Adam and AdamW on one weight tensor ``[2, R, 2, 2]``: per-run kind, rate and decay.
+
+    Adam's moments are kept for every run and used where the run's kind is Adam (elementwise,
+    so runs stay independent): ``w <- w - lr (step + wd w)``, step = Adam's ``m_hat/(sqrt(v_hat)
+    + eps)`` or the raw gradient.
+    """
+
+    def __init__(self, param: torch.Tensor, optimisers, betas=(0.9, 0.999), eps: float = 1e-8):
+        like = {"dtype": param.dtype, "device": param.device}
+        shape = (1, -1, 1, 1)
+        self.param = param.clone()
+        self.adam = torch.tensor([o.kind == "adam" for o in optimisers], device=param.device).view(shape)
+        self.lr = torch.tensor([o.lr for o in optimisers], **like).view(shape)
+        self.decay = torch.tensor([o.weight_decay for o in optimisers], **like).view(shape)
+        self.betas, self.eps = betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    def step(self, grad: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        adam = (self.m / (1 - b1**self.t)) / ((self.v / (1 - b2**self.t)).sqrt() + self.eps)
+        update = torch.where(self.adam, adam, grad) + self.decay * self.param
+        self.param = self.param - self.lr * update
+
+
+def mm_objective(weights: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, a: torch.Tensor,
+                 b: torch.Tensor, coupling: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """``J = -sum_ij P_ij s_ij + (1/2) sum_i a_i lse_j(s_ij + log b_j) + (1/2) sum_j b_j lse_i(s_ij
+    + log a_i)``, ``s = <z1_i, z2_j>/tau``, per run: ``[R]`` (Thm 4.1's J_mm up to constants).
+
+    A minibatch is ``a = b = 1/B``, ``P = I/B`` (``coupling=None``): the symmetric CLIP loss.
+    ``weights [2, R, 2, 2]``, ``x1 [R, n, 2]``, ``x2 [R, m, 2]``, ``a [R, n]``, ``b [R, m]``.
+    """
+    y1, y2 = x1 @ weights[0].transpose(-1, -2), x2 @ weights[1].transpose(-1, -2)
+    z1, z2 = y1 / y1.norm(dim=-1, keepdim=True), y2 / y2.norm(dim=-1, keepdim=True)
+    s = z1 @ z2.transpose(-1, -2) / tau
+    if coupling is None:
+        aligned = (a * torch.diagonal(s, dim1=-2, dim2=-1)).sum(-1)
+    else:
+        aligned = (coupling * s).sum((-1, -2))
+    rows = torch.logsumexp(s + torch.log(b).unsqueeze(-2), -1)
+    cols = torch.logsumexp(s + torch.log(a).unsqueeze(-1), -2)
+    return -aligned + 0.5 * (a * rows).sum(-1) + 0.5 * (b * cols).sum(-1)
+
+
+def _circle(theta: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)
+
+
+def population_problem(data, sigma: torch.Tensor, points: int, harmonics: int = 64):
+    """Quadrature of J_mm: nodes ``x [R, P, 2]``, laws ``a, b [R, P]`` and coupling ``P [R, P, P]``,
+    ``P_ij = a_i c_sigma(theta_j - theta_i)`` with the wrapped normal's grid kernel (exact in Fourier
+    space: the data law's series is cut at ``harmonics``, 64 being below 1e-90 for kappa = 6)."""
+    like = {"dtype": torch.float64, "device": sigma.device}
+    theta = torch.arange(points, **like) * (2 * math.pi / points)
+    k = torch.arange(harmonics, **like)
+    coeff = torch.as_tensor(data.fourier(harmonics), **like)
+    weight = torch.cat([coeff[:1], 2 * coeff[1:]])
+    basis = torch.cos(k[:, None] * theta[None, :])
+    a = (weight @ basis).expand(sigma.shape[0], -1) / points
+    frequency = torch.arange(points // 2 + 1, **like)
+    kernel = torch.fft.irfft(torch.exp(-0.5 * (frequency * sigma[:, None]) ** 2), n=points, dim=-1)
+    index = (torch.arange(points, device=sigma.device)[None, :]
+             - torch.arange(points, device=sigma.device)[:, None]) % points
+    coupling = a.unsqueeze(-1) * kernel[:, index]
+    b = coupling.sum(-2)
+    x = _circle(theta).expand(sigma.shape[0], -1, -1)
+    return x, a.contiguous(), b, coupling
+
+
+def train_toy(data, sigma: torch.Tensor, weights: torch.Tensor, optimisers, batches, *, steps: int,
+              generator: torch.Generator, tau: float = 0.07, points: int = 256,
+              secret_batch: int | None = None) -> torch.Tensor:
+    """Train every run ``r`` from ``weights[:, r]`` with ``optimisers[r]`` on minibatches of
+    ``batches[r]`` fresh pairs (0: the population objective J_mm by quadrature on ``points``
+    nodes). Runs of one batch size share one tensor program per step; one optimiser holds all.
+    ``secret_batch`` makes the population runs use that minibatch instead (a control).
+    Returns the final weights ``[2, R, 2, 2]``.
+    """
+    batches = [secret_batch if (b == 0 and secret_batch) else b for b in batches]
+    groups = {}
+    for r, b in enumerate(batches):
+        groups.setdefault(b, []).append(r)
+    index = {b: torch.tensor(rs, device=sigma.device) for b, rs in groups.items()}
+    population = None
+    if 0 in groups:
+        population = population_problem(data, sigma[index[0]], points)
+    optimiser = BatchedOptimiser(weights, optimisers)
+    for _ in range(steps):
+        w = optimiser.param.detach().requires_grad_(True)
+        total = w.new_zeros(())
+        for b, rows in index.items():
+            sub = w[:, rows]
+            if b == 0:
+                x, a, bb, coupling = population
+                total = total + mm_objective(sub, x, x, a, bb, coupling, tau).sum()
+            else:
+                x1, x2 = _pairs(data, sigma[rows], b, generator)
+                uniform = torch.full((rows.numel(), b), 1.0 / b, dtype=w.dtype, device=w.device)
+                total = total + mm_objective(sub, x1, x2, uniform, uniform, None, tau).sum()
+        (grad,) = torch.autograd.grad(total, w)
+        optimiser.step(grad)
+    return optimiser.param.detach()
+
+
+def _pairs(data, sigma: torch.Tensor, n: int, generator: torch.Generator):
+    """Input pairs of the toy (noise-free inputs are ``data.input_noise = 0``): ``[R, n, 2]`` each."""
+    theta = data.sample_angles((sigma.shape[0], n), generator)
+    noise = torch.randn((sigma.shape[0], n), generator=generator, dtype=torch.float64,
+                        device=generator.device)
+    x1, x2 = _circle(theta), _circle(theta + sigma[:, None] * noise)
+    if data.input_noise:
+        x1 = x1 + data.input_noise * torch.randn(x1.shape, generator=generator, dtype=torch.float64,
+                                                 device=generator.device)
+        x2 = x2 + data.input_noise * torch.randn(x2.shape, generator=generator, dtype=torch.float64,
+                                                 device=generator.device)
+    return x1, x2
+
+
+def exact_gap(data, weights: torch.Tensor, sigma: torch.Tensor, cells: int = 4096) -> torch.Tensor:
+    """``D_S(f1#p, f2#p_sigma)`` of every run by quadrature of the pushforward densities (Fig. 5's gap
+    without an estimator): ``[R]``."""
+    from . import clip_toy
+
+    like = {"dtype": torch.float64, "device": weights.device}
+    phi = torch.arange(cells, **like) * (2 * math.pi / cells)
+    q1 = clip_toy.pushforward_density(data, weights[0], phi)
+    q2 = clip_toy.pushforward_density(data, weights[1], phi, sigma)
+    return clip_toy.symmetric_gap(q1, q2)
