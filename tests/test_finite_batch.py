@@ -1,0 +1,204 @@
+"""Tests of the finite-batch kernels against independent references (quadrature, mpmath sums,
+dense autograd, exact small cases)."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from cgeom_verify.kernels import finite_batch as fb
+from cgeom_verify.kernels import partition, vmf
+
+CPU = torch.device("cpu")
+
+
+def _gen(seed=0):
+    g = torch.Generator(device=CPU)
+    g.manual_seed(seed)
+    return g
+
+
+def _mix():
+    m = np.array([0.3, -0.4, 0.8])
+    m /= np.linalg.norm(m)
+    return partition.VmfMixture((0.6, 0.4), (tuple(m), (0.0, 0.0, 1.0)), (2.5, 0.8))
+
+
+def _s2_quadrature(n=400):
+    """Gauss-Legendre in cos(theta) x uniform in phi: weights sum to 1 (uniform probability)."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    phi = 2 * np.pi * (np.arange(2 * n) + 0.5) / (2 * n)
+    ct, p = np.meshgrid(x, phi, indexing="ij")
+    st = np.sqrt(1 - ct**2)
+    pts = np.stack([st * np.cos(p), st * np.sin(p), ct], -1).reshape(-1, 3)
+    wts = (np.repeat(w, 2 * n) / 2) / (2 * n)
+    return pts, wts
+
+
+def test_bias_constant_matches_quadrature_moments():
+    # beta = (R Var c - Cov(a, c))/(E c)^2 with every moment by direct quadrature of the density.
+    mix, z, tau = _mix(), np.array([0.6, 0.0, 0.8]), 0.5
+    pts, wts = _s2_quadrature()
+    pi, means, k = mix.arrays()
+    dens = sum(p * np.exp(kk * pts @ m - vmf.log_kernel_volume(3, kk))
+               for p, m, kk in zip(pi, means, k, strict=True))
+    kappa = np.exp(pts @ z / tau)
+    ec = np.sum(wts * dens * kappa)
+    ea = np.sum((wts * dens * kappa)[:, None] * pts, 0) / tau
+    var_c = np.sum(wts * dens * kappa**2) - ec**2
+    cov = np.sum((wts * dens * kappa**2)[:, None] * pts, 0) / tau - ea * ec
+    beta = ((ea / ec) * var_c - cov) / ec**2
+    np.testing.assert_allclose(fb.bias_constant(mix, z, tau), beta, rtol=1e-9, atol=1e-12)
+
+
+def test_s2_sampler_matches_vmf_moments():
+    # E<x, m> = A_3(k) = coth k - 1/k; E<x, m>^2 = 1 - 2 A_3(k)/k; uniform tangent (mean 0).
+    mean = torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64, device=CPU).expand(200000, 3)
+    kappa = torch.full((200000,), 3.0, dtype=torch.float64, device=CPU)
+    x = fb.sample_vmf_s2(mean, kappa, _gen(1))
+    w = x @ mean[0]
+    a = 1 / math.tanh(3.0) - 1 / 3.0
+    assert abs(float(w.mean()) - a) < 5 * float(w.std()) / math.sqrt(w.numel())
+    assert abs(float((w**2).mean()) - (1 - 2 * a / 3)) < 5 * float((w**2).std()) / math.sqrt(w.numel())
+    tangent = x - w[:, None] * mean[0]
+    assert float(tangent.mean(0).abs().max()) < 0.01
+    torch.testing.assert_close(x.norm(dim=-1), torch.ones(200000, dtype=torch.float64, device=CPU))
+    zero = fb.sample_vmf_s2(mean[:1000], torch.zeros(1000, dtype=torch.float64, device=CPU), _gen(2))
+    assert abs(float((zero @ mean[0]).mean())) < 0.15  # uniform: E w = 0, s.d. 1/sqrt(3)/sqrt(1000)
+
+
+def test_jackknife_matches_explicit_leave_one_out():
+    g = _gen(3)
+    neg = fb.draw_negatives(_mix(), (4, 7), g)
+    z = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64, device=CPU)
+    tau = 0.5
+
+    def plug(w):
+        k = torch.exp(w @ z / tau)
+        return (k[:, None] * w).sum(0) / (tau * k.sum())
+
+    jack = fb.MinibatchGradient("jackknife").estimate(z, neg, tau)
+    plugin = fb.MinibatchGradient().estimate(z, neg, tau)
+    for r in range(4):
+        full = plug(neg[r])
+        loo = torch.stack([plug(torch.cat([neg[r, :j], neg[r, j + 1:]])) for j in range(7)]).mean(0)
+        torch.testing.assert_close(plugin[r], full)
+        torch.testing.assert_close(jack[r], 7 * full - 6 * loo)
+
+
+def test_plugin_is_autograd_of_log_mean_kernel():
+    neg = fb.draw_negatives(_mix(), (5, 9), _gen(4))
+    z = torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64, device=CPU, requires_grad=True)
+    tau = 0.7
+    value = torch.log(torch.exp(neg @ z / tau).mean(-1)).sum()
+    (grad,) = torch.autograd.grad(value, z)
+    torch.testing.assert_close(fb.MinibatchGradient().estimate(z.detach(), neg, tau).sum(0), grad)
+
+
+def test_scaled_residual_mean_is_beta_at_moderate_batch():
+    # Monte Carlo: B <E g_B - grad log Gamma, e> at B = 64 within 6 s.e. + the O(1/B) remainder.
+    mix, z, tau = _mix(), np.array([0.6, 0.0, 0.8]), 0.5
+    beta = fb.bias_constant(mix, z, tau)
+    e = beta / np.linalg.norm(beta)
+    y = fb.MinibatchGradient().scaled_residuals(mix, z, tau, 64, 20000, e, _gen(5)).numpy()
+    sd = math.sqrt(fb.scaled_bias_variance(mix, z, tau, e))
+    assert abs(y.std() / sd - 1) < 0.1
+    assert abs(y.mean() - np.linalg.norm(beta)) < 6 * y.std() / math.sqrt(y.size) + 0.05
+
+
+def test_expected_log_density_matches_mpmath_sum():
+    p = torch.tensor([0.05, 0.3, 0.65], dtype=torch.float64, device=CPU)
+    b = 40
+    got = fb.BatchGibbs().expected_log_density(p, b).numpy()
+    for k, pk in enumerate([0.05, 0.3, 0.65]):
+        pk = mpmath.mpf(pk)
+        ref = mpmath.fsum(mpmath.binomial(b, j) * pk**j * (1 - pk) ** (b - j)
+                          * mpmath.log(mpmath.mpf(1 + j) / (b + 1)) for j in range(b + 1))
+        assert abs(got[k] - float(ref)) < 1e-12
+
+
+def test_batch_gradient_matches_autograd_of_expected_energy():
+    p = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, device=CPU, requires_grad=True)
+    u = torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64, device=CPU)
+    tau, b = 0.7, 30
+    sub = fb.BatchGibbs()
+    energy = (p * u / tau).sum() + (p * sub.expected_log_density(p, b)).sum()
+    (grad,) = torch.autograd.grad(energy, p)
+    torch.testing.assert_close(sub.gradient(p.detach(), u, tau, b), grad)
+
+
+def test_minimiser_at_huge_batch_is_gibbs_and_detach_shifts_it():
+    u = torch.tensor([0.0, 0.8, 1.7, 0.4], dtype=torch.float64, device=CPU)
+    tau = 1.0
+    gibbs = torch.softmax(-u / tau, -1)
+    p = fb.BatchGibbs().minimiser(u, tau, 4096)
+    assert float((p - gibbs).abs().max()) < 1e-5
+    detached = fb.BatchGibbs(detach_negatives=True).minimiser(u, tau, 256)
+    assert float((detached - gibbs).abs().max()) > 1e-3
+
+
+def test_positive_excluded_is_refused():
+    with pytest.raises(ValueError):
+        fb.BatchGibbs(include_positive=False)
+    with pytest.raises(ValueError):
+        fb.MinibatchGradient("median")
+
+
+# -- the Fig. 5 toy trainer (groundwork for the trajectory claims) ------------------------------
+
+
+def test_minibatch_objective_is_symmetric_cross_entropy():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    g = _gen(6)
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    sigma = torch.tensor([0.0, 0.4], dtype=torch.float64, device=CPU)
+    w = clip_toy.initial_weights(2, g)
+    x1, x2 = fb._pairs(data, sigma, 32, g)
+    uniform = torch.full((2, 32), 1 / 32, dtype=torch.float64, device=CPU)
+    got = fb.mm_objective(w, x1, x2, uniform, uniform, None, 0.07)
+    for r in range(2):
+        z1 = torch.nn.functional.normalize(x1[r] @ w[0, r].T, dim=-1)
+        z2 = torch.nn.functional.normalize(x2[r] @ w[1, r].T, dim=-1)
+        logits = z1 @ z2.T / 0.07
+        target = torch.arange(32, device=CPU)
+        ce = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
+                    + torch.nn.functional.cross_entropy(logits.T, target))
+        torch.testing.assert_close(got[r], ce - math.log(32))
+
+
+def test_dense_population_training_matches_the_fourier_oracle():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    g = _gen(7)
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    sigma = torch.tensor([0.3, 0.6], dtype=torch.float64, device=CPU)
+    w = clip_toy.initial_weights(2, g, identical=True)
+    ours = fb.train_toy(data, sigma, w, [fb.Optimiser("adam", 5e-3)] * 2, [0, 0], steps=15,
+                        generator=g, points=64)
+    ref, _ = clip_toy.train_population(data, sigma, w, steps=15,
+                                       grid=clip_toy.PopulationGrid(points=64))
+    torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_batched_optimiser_kinds():
+    from cgeom_verify.kernels import clip_toy
+
+    param = torch.linspace(-1, 1, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)
+    grad = torch.linspace(0.5, -0.3, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)
+    opt = fb.BatchedOptimiser(param, [fb.Optimiser("sgd", 0.1, 0.5), fb.Optimiser("adam", 0.01)])
+    ref = clip_toy.BatchedAdam(param[:, 1:], 0.01)
+    for _ in range(3):
+        opt.step(grad)
+        ref.step(grad[:, 1:])
+    sgd = param[:, :1].clone()
+    for _ in range(3):
+        sgd = sgd - 0.1 * (grad[:, :1] + 0.5 * sgd)
+    torch.testing.assert_close(opt.param[:, :1], sgd)
+    torch.testing.assert_close(opt.param[:, 1:], ref.param)
