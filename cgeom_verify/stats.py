@@ -66,6 +66,7 @@ __all__ = [
     "at_most",
     "exceeds",
     "within_precision",
+    "exceeds_precision",
     "demonstrate",
     "min_discrepancy",
     "min_num_samples",
@@ -126,7 +127,8 @@ def min_discrepancy(standard_error: float, false_fail_rate: float,
 
 def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
                     false_pass_rate: float = DEFAULT_FALSE_PASS_RATE, *, kind: str = "at_most",
-                    underpowered_rate: float | None = 1e-4) -> int:
+                    underpowered_rate: float | None = 1e-4, t_quantiles: bool = False,
+                    minimum: int = 2) -> int:
     """How many i.i.d. draws of s.d. ``sigma`` a ``kind`` decision needs to resolve ``discrepancy``.
 
     The inverse of :func:`min_discrepancy` with ``se = sigma / sqrt(n)`` (normal
@@ -134,22 +136,27 @@ def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
     on the *estimated* standard error, which at exactly that n exceeds the design
     half the time; so n grows until the estimate (relative s.d. ~ 1/sqrt(2n) for
     near-normal draws) exceeds the design with probability ``underpowered_rate``
-    at most (None: plan for the expected standard error alone).
+    at most (None: plan for the expected standard error alone). ``t_quantiles``:
+    the decision will use Student-t quantiles with n - 1 degrees of freedom (a mean
+    over few seeds), so n grows until those resolve the discrepancy too.
     """
     if not (sigma >= 0 and discrepancy > 0):
         raise ValueError(f"need sigma >= 0 and discrepancy > 0, got {sigma}, {discrepancy}")
     a, b = _tails(kind, false_fail_rate, false_pass_rate)
     base = ((_z(1.0 - a) + _z(1.0 - b)) * sigma / discrepancy) ** 2
-    n = max(2, math.ceil(base))
-    if underpowered_rate is None:
-        return n
-    z_se = _z(1.0 - underpowered_rate)
-    for _ in range(100):  # fixed point of n = base / (1 - z_se / sqrt(2 n))^2
-        shrink = 1.0 - z_se / math.sqrt(2.0 * n)
-        needed = max(2, math.ceil(base / shrink**2)) if shrink > 0 else 4 * n
-        if needed <= n:
-            return n
-        n = needed
+    n = max(minimum, math.ceil(base))
+    z_se = None if underpowered_rate is None else _z(1.0 - underpowered_rate)
+
+    def resolves(n: int) -> bool:
+        shrink = 1.0 if z_se is None else 1.0 - z_se / math.sqrt(2.0 * (n - 1 if t_quantiles else n))
+        df = n - 1 if t_quantiles else None
+        return shrink > 0 and min_discrepancy(sigma / shrink / math.sqrt(n), false_fail_rate,
+                                              false_pass_rate, kind=kind, df=df) <= discrepancy
+
+    while not resolves(n):  # grows by a tenth at a time, then settles on the smallest n
+        n = max(n + 1, math.ceil(1.1 * n))
+    while n > minimum and resolves(n - 1):
+        n -= 1
     return n
 
 
@@ -300,6 +307,17 @@ def within_precision(name, value, target, bound, *, example=None, note="") -> Te
     """A deterministic identity: |value - target| <= ``bound``, a rigorous floating-point
     or quadrature error bound (not a statistical level)."""
     return Test(name, "bound", value, 0.0, target, bound, example, note)
+
+
+def exceeds_precision(name, value, bound, *, example=None, note="") -> Test:
+    """A deterministic inequality ``value > 0`` resolved above its rigorous error ``bound``.
+
+    Decided as the ``bound`` kind on the ratio ``bound / value <= 1`` (infinite, hence
+    FAIL, when ``value <= 0``): the error bound is never passed as a standard error.
+    """
+    value, bound = float(value), float(bound)
+    ratio = bound / value if value > 0 else math.inf
+    return within_precision(name, ratio, 0.0, 1.0, example=example, note=note)
 
 
 def demonstrate(name, statistic, p_value, *, power, example=None, note="") -> Test:

@@ -151,15 +151,6 @@ def _ratio_test(name, residual, bound, example, note):
     return stats.within_precision(name, worst, 0.0, 1.0, example=example, note=note)
 
 
-def _resolved_test(name, value, error, example, note):
-    """A deterministic inequality ``value > 0`` resolved above its rigorous precision bound
-    ``error`` (quadrature + rounding): the decision is the precision test ``error / value <= 1``
-    (infinite, hence FAIL, when ``value <= 0``). The bound is never passed as a standard error."""
-    value, error = float(value), float(error)
-    ratio = error / value if value > 0 else float("inf")
-    return stats.within_precision(name, ratio, 0.0, 1.0, example=example, note=note)
-
-
 def _summary(values):
     return [float(values.min()), float(values.median()), float(values.max())]
 
@@ -490,10 +481,10 @@ def _divergence_persists(run, i, s, mixtures, log_q, weights, batch):
     error = 10 * (divergence - refined).abs() + _grid_rounding(weights, magnitude, sums=2)
     run.record(f"example {i}: D_S(q1, q2) (min, median, max)", _summary(divergence))
     worst = int(torch.argmin(divergence))
-    return _resolved_test("D_S(q1, q2) > 0: precision bound / smallest D_S of the batch",
-                          divergence[worst], error[worst], i,
-                          "bound: 10x the change under 2x grid refinement (a-posteriori, "
-                          "geometric convergence) + rounding")
+    return stats.exceeds_precision("D_S(q1, q2) > 0: precision bound / smallest D_S of the batch",
+                                   divergence[worst], error[worst], example=i,
+                                   note="bound: 10x the change under 2x grid refinement (a-posteriori, "
+                                   "geometric convergence) + rounding")
 
 
 sharpening.control(
@@ -633,10 +624,10 @@ def _marginals_differ(i, pair):
     quad = 4 * float(quadrature.exp_polynomial_quadrature_bound(k, 1, 2 * k, pair["exact_degree"], 2))
     rounding = _grid_rounding(weights, log_q.exp().sum(0) * log_q.abs().sum(0), sums=8)
     worst = int(torch.argmin(gap))
-    return _resolved_test("|D_S^A - D_S^B| > 0 on the grid: (quadrature + rounding bound) / "
-                          "smallest |D_S^A - D_S^B| of the batch",
-                          gap[worst], quad + float(rounding[worst]), i,
-                          "<= 1: the divergence gap is resolved above its precision bound")
+    return stats.exceeds_precision("|D_S^A - D_S^B| > 0 on the grid: (quadrature + rounding bound) / "
+                                   "smallest |D_S^A - D_S^B| of the batch",
+                                   gap[worst], quad + float(rounding[worst]), example=i,
+                                   note="<= 1: the divergence gap is resolved above its precision bound")
 
 
 def _smoothed_separation(run, i, pair):
@@ -662,10 +653,11 @@ def _smoothed_separation(run, i, pair):
     run.record(f"example {i}: smoothed J_tau^A - J_tau^B (pair 0)",
                {"taus": [float(t) for t in taus],
                 "separation": [float(v) for v in objective_gap[0]]})
-    return _resolved_test("smoothed J_mm orders the couplings as -D_S does, every tau: precision "
-                          "bound / oriented gap (worst)",
-                          oriented.flatten()[worst], precision.flatten()[worst], i,
-                          "<= 1: the oriented gap is resolved above rounding + alignment precision")
+    return stats.exceeds_precision("smoothed J_mm orders the couplings as -D_S does, every tau: precision "
+                                   "bound / oriented gap (worst)",
+                                   oriented.flatten()[worst], precision.flatten()[worst], example=i,
+                                   note="<= 1: the oriented gap is resolved above rounding + alignment "
+                                   "precision")
 
 
 alignment_vs_marginals.control(

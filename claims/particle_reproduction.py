@@ -172,22 +172,11 @@ def _planning_sd(cell, num_particles: int) -> float:
 
 
 def _design_seeds(sd: float, discrepancy: float, false_fail_rate: float, false_pass_rate: float,
-                  kind: str, underpowered_rate: float = 1e-4) -> int:
-    """Seeds so that a ``kind`` decision on a mean of seeds with s.d. ``sd`` resolves
-    ``discrepancy`` at both rates with Student-t quantiles (the decision uses seeds - 1 d.o.f.),
-    even when the *estimated* s.d. comes out high: it exceeds ``sd`` by the factor
-    ``1 / (1 - z_{1-u} / sqrt(2 (n - 1)))`` with probability ``u = underpowered_rate`` at most
-    (the same guard as :func:`stats.min_num_samples`, which gives the normal-quantile start)."""
-    n = max(MIN_SEEDS, stats.min_num_samples(sd, discrepancy, false_fail_rate, false_pass_rate,
-                                             kind=kind, underpowered_rate=None))
-    z_se = float(_scipy_stats.norm.ppf(1.0 - underpowered_rate))
-    while True:
-        shrink = 1.0 - z_se / math.sqrt(2.0 * (n - 1))
-        if shrink > 0 and stats.min_discrepancy(sd / shrink / math.sqrt(n), false_fail_rate,
-                                                false_pass_rate, kind=kind,
-                                                df=n - 1) <= discrepancy:
-            return n
-        n += 1
+                  kind: str) -> int:
+    """Seeds for a ``kind`` decision on a mean over seeds (Student-t, seeds - 1 d.o.f.) with the
+    planner's guard against a high *estimated* s.d."""
+    return stats.min_num_samples(sd, discrepancy, false_fail_rate, false_pass_rate, kind=kind,
+                                 t_quantiles=True, minimum=MIN_SEEDS)
 
 
 def _cap_quadrature_closed_form(run, taus) -> list:

@@ -258,14 +258,6 @@ def _closed_form_energy(run, i, sphere, tau, generator, count: int = 16):
     return tests
 
 
-def _resolved(name, value, bound, example, note=""):
-    """A deterministic inequality ``value > 0`` resolved above its rigorous rounding bound: the
-    precision test ``bound / value <= 1`` (infinite, hence FAIL, for ``value <= 0``)."""
-    value, bound = float(value), float(bound)
-    ratio = bound / value if value > 0 else float("inf")
-    return stats.within_precision(name, ratio, 0.0, 1.0, example=example, note=note)
-
-
 def _worst(values, bounds):
     """Index of the entry with the largest |value| / bound."""
     return int(torch.argmax((values.abs() / bounds).reshape(-1)))
@@ -349,9 +341,9 @@ def convexity_gap(run):
             "gap - KL mixture (worst pair)", gap.reshape(-1)[k], kl_mix.reshape(-1)[k],
             bound.reshape(-1)[k], example=i, note=f"{gap.numel()} pairs; bound: Higham"))
         k_min = _worst(bound, gap.clamp_min(0.0))  # largest bound / gap
-        tests.append(_resolved(
+        tests.append(stats.exceeds_precision(
             "strict convexity: rounding bound / gap, worst pair", gap.reshape(-1)[k_min],
-            bound.reshape(-1)[k_min], i, "<= 1: every gap is resolved above its rounding bound"))
+            bound.reshape(-1)[k_min], example=i, note="<= 1: every gap is resolved above its rounding bound"))
         tests.extend(_closed_form_energy(run, i, setting.potential.sphere, setting.taus[0], gen))
         run.record(f"example {i}", {"max |gap - KL mix|": float((gap - kl_mix).abs().max()),
                                     "max rounding bound": float(bound.max()),
