@@ -210,7 +210,7 @@ def test_few_replicates_are_underpowered_not_a_pass():
 @pytest.mark.parametrize("include_positive", [False, True])
 def test_oracle_equals_the_subjects_gradient_on_the_same_pool(critic, output, include_positive):
     # the independent dense oracle and the subject's kernels agree to rounding on one pool
-    from claims.encoder_gradient import EncoderSetting, UnimodalProblem, SUBJECT, oracle_gradient
+    from claims.encoder_gradient import SUBJECT, EncoderSetting, UnimodalProblem, oracle_gradient
 
     setting = EncoderSetting(input_dim=6, embed_dim=5, critic=critic, tau=0.4,
                              include_positive=include_positive, anchors=4, augmentation=0.2)
