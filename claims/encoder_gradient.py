@@ -517,7 +517,7 @@ unimodal_gradient.obligation("self-normalised ratio error is a centred mean")(_r
 
 
 @unimodal_gradient.check("MSE of the theta-gradient decays as 1/N", settings=encoder_settings(),
-                         examples=Profiled(quick=2, full=8))
+                         examples=Profiled(quick=2, full=8), min_applicable=Profiled(2, 7))
 def unimodal_rate(run):
     return _consistency_tests(run, UnimodalProblem)
 
@@ -545,7 +545,8 @@ symmetric_gradient.obligation("self-normalised ratio error is a centred mean")(
 
 
 @symmetric_gradient.check("MSE of the symmetric-loss gradient decays as 1/N",
-                          settings=symmetric_settings(), examples=Profiled(quick=1, full=4))
+                          settings=symmetric_settings(), examples=Profiled(quick=1, full=4),
+                          min_applicable=Profiled(1, 3))
 def symmetric_rate(run):
     return _consistency_tests(run, SymmetricProblem)
 
