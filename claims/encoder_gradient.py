@@ -389,12 +389,12 @@ def _consistency_tests(run, problem_type) -> list:
         pilot_errors, pilot_cosines = _squared_errors(run, problem, levels, PILOT_REPLICATES,
                                                       generator, g_ref)
         pilot = _rate_fits(n, pilot_errors, n_ref)
-        plateau_design = PLATEAU_SHARE * rel * pilot["C"][0] / n[-1]
+        plateau_design = _plateau_design(rel, pilot, n)
         root = math.sqrt(PILOT_REPLICATES) * PILOT_SAFETY
         needed = max(
             stats.min_num_samples(root * pilot["slope"][1], rel, rate, kind="equivalent"),
             stats.min_num_samples(root * pilot["plateau_se"], plateau_design, rate,
-                                  kind="at_most") if plateau_design > 0 else math.inf,
+                                  kind="at_most"),
             PILOT_REPLICATES)
         affordable = run.pick(MAX_REPLICATES)
         if not needed <= affordable:
@@ -449,6 +449,13 @@ def _rate_fits(n, errors, n_ref) -> dict:
     }
 
 
+def _plateau_design(rel: float, fits: dict, n) -> float:
+    """PLATEAU_SHARE x rel x C/N at the largest N; when the fitted C is not positive (no 1/N
+    decay at all, e.g. a subject that plateaus from the start) the measured MSE there."""
+    scale = fits["C"][0] / n[-1] if fits["C"][0] > 0 else float(fits["mse"][-1])
+    return PLATEAU_SHARE * rel * scale
+
+
 def _rate_tests(run, example, n, errors, cosines, n_ref, plateau_design=None, label="") -> list:
     """Decisions for one setting from squared errors ``[levels, R]`` against the reference.
 
@@ -461,7 +468,7 @@ def _rate_tests(run, example, n, errors, cosines, n_ref, plateau_design=None, la
     fits = _rate_fits(n, errors, n_ref)
     rel = run.relative_discrepancy
     if plateau_design is None:
-        plateau_design = PLATEAU_SHARE * rel * fits["C"][0] / n[-1]
+        plateau_design = _plateau_design(rel, fits, n)
     slope, slope_se = fits["slope"]
     slope_fit = fits["slope_fit"]
     run.record(f"example {example}", {
