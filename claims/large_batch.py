@@ -337,7 +337,7 @@ PILOT_SAFETY = 1.5
 #: Budget per setting in cost units: draws x (r + 25, + 15 for the chi-square of the
 #: out-of-span norm when d > r), about 0.12 us each on one CPU thread. A design needing more
 #: replicates than fit is recorded as not applicable (the floor min_applicable then decides).
-COST_CAP = Profiled(quick=1.0e8, full=1.0e9)
+COST_CAP = Profiled(quick=2.0e8, full=2.0e9)
 #: Settings whose design fits the budget, at least (of EXAMPLES).
 MIN_APPLICABLE = Profiled(quick=3, full=7)
 
