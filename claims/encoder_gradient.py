@@ -615,7 +615,7 @@ class _Fig2Setting:
 
 
 def fig2_curves(subject, panel: Fig2Panel, seeds: int, generator: torch.Generator,
-                protocols=("fresh", "one")) -> dict[str, dict[str, np.ndarray]]:
+                protocols=("fresh", "one"), levels=FIG2_N) -> dict[str, dict[str, np.ndarray]]:
     """Per protocol, cos, relative error and norm ratio of g_N vs g_ref, ``[seeds, len(FIG2_N)]``.
 
     Protocols: ``"fresh"`` (the authors' code: the negative pool comes from a freshly drawn
@@ -641,7 +641,7 @@ def fig2_curves(subject, panel: Fig2Panel, seeds: int, generator: torch.Generato
         pool = pools[protocol]
         g_ref = oracle_gradient((weights,), (anchors, positives), (pool,), oracle_setting)
         cos, rel, norm = [], [], []
-        for n in FIG2_N:
+        for n in levels:
             g = subject.unimodal(weights, anchors, positives, pool[..., :n, :], panel.tau,
                                  **options).flatten(-2)
             cos.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1))
@@ -652,8 +652,8 @@ def fig2_curves(subject, panel: Fig2Panel, seeds: int, generator: torch.Generato
     return out
 
 
-def _cos_256(curves) -> np.ndarray:
-    return curves["cos"][:, FIG2_N.index(256)]
+def _cos_256(curves, levels=FIG2_N) -> np.ndarray:
+    return curves["cos"][:, levels.index(256)]
 
 
 def _record_panel(run, panel: Fig2Panel, protocol: str, curves: dict, seeds: int) -> None:
@@ -754,10 +754,11 @@ def fig2_one_mixture(run):
     sd = float((_cos_256(pilot["one"]) - _cos_256(pilot["fresh"])).std(ddof=1))
     seeds = stats.min_num_samples(FIG2_SAFETY * sd, PROTOCOL_GAP, rate, kind="exceeds")
     seeds = max(min(seeds, run.pick(FIG2_MAX_SEEDS)), FIG2_PILOT_SEEDS)
-    curves = fig2_curves(run.subject, panel, seeds, run.generator(0))
+    # the decision needs N = 256 only (the pilot's full curves of both protocols are recorded)
     for protocol in ("one", "fresh"):
-        _record_panel(run, panel, protocol, curves[protocol], seeds)
-    gap = _cos_256(curves["one"]) - _cos_256(curves["fresh"])
+        _record_panel(run, panel, protocol, pilot[protocol], FIG2_PILOT_SEEDS)
+    curves = fig2_curves(run.subject, panel, seeds, run.generator(0), levels=(256,))
+    gap = _cos_256(curves["one"], (256,)) - _cos_256(curves["fresh"], (256,))
     mean, se = stats.mean_se(gap)
     return [stats.exceeds("cosine: mean cos at N=256, one mixture minus fresh mixture > 0",
                           float(mean), float(se), 0.0, effect=PROTOCOL_GAP, df=seeds - 1,

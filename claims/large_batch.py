@@ -332,8 +332,9 @@ FIT_STEPS = 4  # N0, 2 N0, 4 N0, 8 N0
 #: Replicates of the pilot run that measures the dispersion the design needs (discarded).
 PILOT_REPLICATES = 64
 #: The pilot's standard errors are themselves estimates (64 heavy-tailed replicates): the
-#: design plans for this multiple of them, so that the main run rarely misses its power.
-PILOT_SAFETY = 1.5
+#: design plans for this multiple of them, so that the main run rarely misses its power
+#: (at 1.5 the achieved detectable size reached 0.99 of the margin in 5 seeds x 100 decisions).
+PILOT_SAFETY = 1.75
 #: Budget per setting in cost units: draws x (r + 25, + 15 for the chi-square of the
 #: out-of-span norm when d > r), about 0.12 us each on one CPU thread. A design needing more
 #: replicates than fit is recorded as not applicable (the floor min_applicable then decides).
