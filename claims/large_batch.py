@@ -605,21 +605,23 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
         "log V_d(1/tau): Bessel form = 1-D quadrature", volume, quad,
         quad_bound * abs(quad) + 1e-10 * max(1.0, abs(quad)), example=i,
         note="quad's error estimate plus the Bessel form's 1e-10 relative accuracy"))
+    constants = _value_constants(setting, prediction, fit, pilot, rows)
+    plan = design(run, i, setting, prediction,
+                  (constants["bias"][1], constants["variance"][1]), margins, rate)
+    sim = None if plan is None else simulate(run, setting, prediction, plan.sizes,
+                                             plan.replicates, generator, gradient=False)
     # Premise of the control variate, E[kappa/Gamma] = 1 under the negatives' law, decided on
-    # the pilot's draws (independent of the main run; it is powered many times over).
-    for k, kernels in enumerate(pilot.relative_kernels):
+    # the main run's draws (the pilot's when the design is beyond the budget: a wrong law is
+    # still rejected there).
+    source, label = (pilot, "pilot draws") if sim is None else (sim, "main-run draws")
+    for k, kernels in enumerate(source.relative_kernels):
         mean, se = _pooled(kernels)
         tests.append(stats.equivalent(
             f"partition estimator unbiased: E[kappa/Gamma] = 1 (direction {k})", mean, se, 1.0,
             margin=run.relative_discrepancy, example=i,
-            note="pilot draws; margin: a relative error of that size in Gamma"))
-    constants = _value_constants(setting, prediction, fit, pilot, rows)
-    plan = design(run, i, setting, prediction,
-                  (constants["bias"][1], constants["variance"][1]), margins, rate)
-    if plan is None:
+            note=f"{label}; margin: a relative error of that size in Gamma"))
+    if sim is None:
         return tests
-    sim = simulate(run, setting, prediction, plan.sizes, plan.replicates, generator,
-                   gradient=False)
     constants = _value_constants(setting, prediction, fit, sim, rows)
     a, a_se, fit_bias = constants["bias"]
     tests.append(stats.equivalent("N E[err_N] -> a: a = -c/2 + kappa+/Gamma (bias constant)",
@@ -710,21 +712,24 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     tau = setting.tau
     target = prediction.gradient
     # Premise: the kernel-weighted mean of the negatives is the oracle's tilted mean g(z),
-    # E[(kappa/Gamma)(w - g)] = 0; tested where g lives (the span coordinates), on the pilot's
-    # draws. Margin: a bias of that size shifts the limit gradient by rel |grad J|.
+    # E[(kappa/Gamma)(w - g)] = 0; tested where g lives (the span coordinates), on the main
+    # run's draws (the pilot's when the design is beyond the budget). Margin: a bias of that
+    # size shifts the limit gradient by rel |grad J|.
     margin = rel * tau * float(np.linalg.norm(target))
-    tests = []
-    for k in range(len(target)):
-        m, se = _pooled(pilot.tilted_residuals[..., k])
-        tests.append(stats.equivalent(f"tilted mean premise: E[(kappa/Gamma)(w - g)]_{k} = 0",
-                                      m, se, 0.0, margin=margin, example=i,
-                                      note="pilot draws; margin: rel tau |grad J|"))
     pilot_constants = _gradient_constants(setting, prediction, records + fit, rows, pilot)
     plan = design(run, i, setting, prediction,
                   (pilot_constants["mse"][1], pilot_constants["across"][1]), margins, rate)
-    if plan is None:
+    sim = None if plan is None else simulate(run, setting, prediction, plan.sizes,
+                                             plan.replicates, generator, gradient=True)
+    source, label = (pilot, "pilot draws") if sim is None else (sim, "main-run draws")
+    tests = []
+    for k in range(len(target)):
+        m, se = _pooled(source.tilted_residuals[..., k])
+        tests.append(stats.equivalent(f"tilted mean premise: E[(kappa/Gamma)(w - g)]_{k} = 0",
+                                      m, se, 0.0, margin=margin, example=i,
+                                      note=f"{label}; margin: rel tau |grad J|"))
+    if sim is None:
         return tests
-    sim = simulate(run, setting, prediction, plan.sizes, plan.replicates, generator, gradient=True)
     constants = _gradient_constants(setting, prediction, plan.sizes, rows, sim)
     a, a_se, fit_mse, pool_mse = constants["mse"]
     tests.append(stats.equivalent("N E|grad_N - grad J|^2 -> a: a = gradient constant (span block)",
