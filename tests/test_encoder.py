@@ -169,22 +169,67 @@ def test_symmetric_gradient_and_streamed_reference_agree():
         assert torch.allclose(d, 0.5 * (g12 + g21), rtol=0, atol=1e-12)
 
 
-def _rate_decisions(plateau):
-    # Squared errors with the exact law C/N * chi2_5/5 (+ a plateau), 64 replicates per N.
+def _rate_decisions(plateau, replicates=4096):
+    # Squared errors with the exact law C/N * chi2_5/5 (+ a plateau), on the quick grid.
     rng = np.random.default_rng(0)
-    n = np.array([2.0**k for k in range(5, 12)])
-    errors = 3.0 / n[:, None] * rng.chisquare(5, (len(n), 64)) / 5 + plateau
+    n = np.array([2.0**k for k in range(5, 11)])
+    errors = 3.0 / n[:, None] * rng.chisquare(5, (len(n), replicates)) / 5 + plateau
     run = CheckRun(settings=[None], seeds=[0], check_seed=0, subject=None, profile="quick",
                    device=torch.device("cpu"))
     tests = _rate_tests(run, 0, n, errors, np.ones_like(errors), 2**19)
     assert set(run.records["example 0"]) >= {"slope", "plateau", "reference_mse_C_over_Nref"}
-    return [t.decide(1e-5).passed for t in tests]
+    assert [t.kind for t in tests] == ["equivalent", "at_most"]
+    return [t.decide(1e-5).outcome for t in tests]
 
 
 def test_rate_decisions_accept_the_monte_carlo_rate():
-    assert _rate_decisions(plateau=0.0) == [True, True]
+    assert _rate_decisions(plateau=0.0) == ["PASS", "PASS"]
 
 
 def test_rate_decisions_reject_a_plateau():
-    # a wrong limit at squared distance 3e-3 (twice the MSE at N = 2048)
-    assert _rate_decisions(plateau=3e-3) == [False, False]
+    # a wrong limit at squared distance 3e-3 (the MSE at N = 1024)
+    assert _rate_decisions(plateau=3e-3) == ["FAIL", "FAIL"]
+
+
+def test_rate_decisions_reject_the_square_root_rate():
+    # an error norm decaying as N^(-1/4) (MSE ~ N^(-1/2)): the slope is -1/2, outside the margin
+    rng = np.random.default_rng(1)
+    n = np.array([2.0**k for k in range(5, 11)])
+    errors = 3.0 / np.sqrt(n)[:, None] * rng.chisquare(5, (len(n), 4096)) / 5
+    run = CheckRun(settings=[None], seeds=[0], check_seed=0, subject=None, profile="quick",
+                   device=torch.device("cpu"))
+    slope = _rate_tests(run, 0, n, errors, np.ones_like(errors), 2**19)[0]
+    assert slope.decide(1e-5).outcome == "FAIL"
+
+
+def test_few_replicates_are_underpowered_not_a_pass():
+    assert _rate_decisions(plateau=0.0, replicates=64)[0] == "UNDERPOWERED"
+
+
+@pytest.mark.parametrize("critic, output", CRITICS)
+@pytest.mark.parametrize("include_positive", [False, True])
+def test_oracle_equals_the_subjects_gradient_on_the_same_pool(critic, output, include_positive):
+    # the independent dense oracle and the subject's kernels agree to rounding on one pool
+    from claims.encoder_gradient import SUBJECT, EncoderSetting, UnimodalProblem, oracle_gradient
+
+    setting = EncoderSetting(input_dim=6, embed_dim=5, critic=critic, tau=0.4,
+                             include_positive=include_positive, anchors=4, augmentation=0.2)
+    gen = _generator(3)
+    problem = UnimodalProblem.draw(setting, gen)
+    pool = problem.negatives(500, gen)
+    reference = oracle_gradient((problem.weights,), (problem.anchors, problem.positives), (pool,),
+                                setting)
+    assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
+
+
+def test_oracle_symmetric_equals_the_subjects_gradient():
+    from claims.encoder_gradient import SUBJECT, SymmetricProblem, SymmetricSetting, oracle_gradient
+
+    setting = SymmetricSetting(input_dim=6, embed_dim=5, critic="cosine", tau=0.4,
+                               include_positive=True, anchors=3, augmentation=0.2,
+                               second_input_dim=5)
+    gen = _generator(4)
+    problem = SymmetricProblem.draw(setting, gen)
+    pool = problem.negatives(400, gen)
+    reference = oracle_gradient(problem.weights, problem.inputs, pool, setting)
+    assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
