@@ -351,3 +351,12 @@ def test_smallest_gap_search_only_lowers_the_gap(gen):
     found = clip_toy.smallest_gap(data, sigma, start, steps=60)
     assert torch.all(gap(found) < gap(start))
     assert gap(found)[0] < 1e-3 * gap(start)[0]  # sigma = 0: the identity map closes the gap
+
+
+def test_floor_bound_holds_on_adversarial_inputs(gen):
+    bound = mg._floor_bound()
+    half = math.pi * torch.rand(2, 300, generator=gen, dtype=torch.float64)
+    est = ad.vm_kde_divergence(half, half + math.pi)
+    for t in (est.ds, est.kl_pq, est.ds_plugin):
+        assert torch.isfinite(t).all() and (t.abs() <= 3.01 * bound).all()
+    assert (est.kl_pq_plugin.abs() <= 1.01 * bound).all()

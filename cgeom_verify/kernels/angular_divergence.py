@@ -1,4 +1,4 @@
-"""Divergences between laws on S^1 (angles) and S^{d-1}, estimated from samples (THEORY.md §5).
+"""Divergences between laws on S^1 (angles) and S^{d-1}, estimated from samples (paper Fig. 5).
 
 The modality gap of paper Fig. 5 is the symmetric divergence
 ``D_S(q1, q2) = (KL(q1||q2) + KL(q2||q1)) / 2`` between the two embedding marginals;
