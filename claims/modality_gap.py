@@ -74,10 +74,12 @@ GAP_SIGMA = 0.4
 CHANCE_TOP1 = 1.0 / 256
 
 #: Designed effect of the trend tests: a run at the larger of two sigmas has the larger gap with
-#: probability >= 0.75. The J_mm optimum orders every pair of sigmas (fig5-population-gap);
-#: training noise and near-singular runs blur that (exploratory runs: about 0.82 with
-#: independent inits at 450 steps, above 0.95 with identical ones). 0.75 sits below both.
+#: probability >= TREND_PI. The J_mm optimum orders every pair of sigmas (fig5-population-gap);
+#: training noise blurs that (exploratory runs from identical inits: above 0.95), and with
+#: independent inits near-singular runs (orientation mismatch at init) blur it much more:
+#: estimates 0.71, 0.78 and 0.82 over three seeds at 450 steps, so that design takes 0.70.
 TREND_PI = 0.75
+AUTHORS_TREND_PI = 0.70
 #: Designed effect of "above the null": a gap at sigma >= 0.4 exceeds a null replicate with
 #: probability >= 0.9 (exploratory runs: every gap above every null replicate).
 ABOVE_NULL_PI = 0.9
@@ -173,10 +175,10 @@ MIN_SEEDS_IDENTICAL = Profiled(quick=2, full=10)
 STEPS_IDENTICAL = Profiled(quick=200, full=600)
 
 
-def _trend_seeds(run, decisions: int, minimum) -> int:
-    """Seeds per sigma so the JT decision has power 1 - its false-fail rate at ``TREND_PI``."""
+def _trend_seeds(run, decisions: int, minimum, pi: float = TREND_PI) -> int:
+    """Seeds per sigma so the JT decision has power 1 - its false-fail rate at ordering ``pi``."""
     return rank_design.jt_group_size(
-        len(SIGMAS), TREND_PI, 1.0 - run.decision_false_fail_rate(decisions), run.false_pass_rate,
+        len(SIGMAS), pi, 1.0 - run.decision_false_fail_rate(decisions), run.false_pass_rate,
         minimum=run.pick(minimum),
     )
 
@@ -375,15 +377,15 @@ def _per_sigma_table(sigma, columns: dict) -> list[dict]:
 
 
 def _trend_test(name: str, values: np.ndarray, labels: np.ndarray, run, decisions: int, seed: int,
-                note: str = ""):
-    """JT (permutation null, stats.jonckheere_terpstra) and its designed power at TREND_PI."""
+                note: str = "", pi: float = TREND_PI):
+    """JT (permutation null, stats.jonckheere_terpstra) and its designed power at ordering ``pi``."""
     groups = _groups(values, labels)
     jt = stats.jonckheere_terpstra(groups, seed=seed)
-    power = rank_design.jt_power([len(g) for g in groups], TREND_PI, run.false_pass_rate)
+    power = rank_design.jt_power([len(g) for g in groups], pi, run.false_pass_rate)
     return jt, stats.demonstrate(
         name, jt.statistic, jt.p_value, power=power,
         note=(f"{len(values)} runs; permutation p ({jt.method}); z = {jt.z:.2f}; designed "
-              f"effect: pairwise ordering probability {TREND_PI}, power {power:.6f} (normal "
+              f"effect: pairwise ordering probability {pi}, power {power:.6f} (normal "
               f"approximation){'; ' + note if note else ''}"),
     )
 
@@ -650,7 +652,7 @@ trend_claim = Claim(
         "In the authors' toy (independent inits, 8 sigmas x seeds, one batched program), the "
         "embedding-marginal gap D_S(q1, q2) increases with the pair misalignment sigma "
         "(Jonckheere-Terpstra, permutation null, seeds designed for power at a pairwise "
-        "ordering probability of 0.75); the Fourier-expanded CLIP gradient that trains the toy "
+        "ordering probability of 0.70); the Fourier-expanded CLIP gradient that trains the toy "
         "equals autograd of a separately written symmetric CLIP loss; the toy's samplers match "
         "the angle law's closed-form moments and the wrapped-normal misalignment; the trend "
         "test's permutation p-value equals exact enumeration."
@@ -670,13 +672,13 @@ trend_claim = Claim(
     min_applicable=Profiled(quick=1, full=1),
 )
 def authors_trend(run):
-    seeds = _trend_seeds(run, 1, MIN_SEEDS_AUTHORS)
+    seeds = _trend_seeds(run, 1, MIN_SEEDS_AUTHORS, AUTHORS_TREND_PI)
     sweep = _sweep_for(run, run.subject, seeds, STEPS_AUTHORS)
     final = sweep.gap[-1]
     labels = _labels(run.subject, sweep.sigma)
     jt, test = _trend_test("JT for D_S increasing in sigma", final, labels, run, 1, run.check_seed,
                            note=f"{seeds} seeds per sigma; labels mirrored: "
-                                f"{run.subject.reverse_labels}")
+                                f"{run.subject.reverse_labels}", pi=AUTHORS_TREND_PI)
     run.record(
         "per_sigma",
         _per_sigma_table(
