@@ -398,8 +398,8 @@ estimator_claim = Claim(
     statement=(
         "The von Mises KDE estimator of KL (both directions) and D_S on S^1 (split-half "
         "correction), at a kernel concentration fixed by the design (AMISE-optimal for the true "
-        "law and n), agrees within 10 % (quick) / 3 % (full) with the smoothed divergence D(p*K, q*K) computed "
-        "independently (closed-form smoothed von Mises densities, adaptive quadrature); with its "
+        "law and n), agrees within 10 % (quick) / 3 % (full) with the smoothed divergence "
+        "D(p*K, q*K) computed independently (closed-form smoothed von Mises densities, adaptive quadrature); with its "
         "cross-validated bandwidth its null at the toy's law (n = 8000) is centred at 0; "
         "identical samples give exactly 0 and disjoint ones stay within the rigorous bound the "
         "density floor implies (the authors' histogram is bounded only by its smoothing)."
