@@ -29,7 +29,8 @@ Claims (D_S = (KL(p||q) + KL(q||p))/2 throughout; "Jeffreys" = 2 D_S):
   above it for sigma >= 0.4 (Mann–Whitney), and there every run keeps strong held-out
   alignment (paper: "strong pairwise alignment coexists with a persistent modality gap").
 * ``fig5-population-gap`` — the deterministic large-batch objective J_mm (Thm 4.1) on a
-  quadrature grid, no minibatch noise: the optimum's gap (exact by quadrature, and by the
+  quadrature grid, no minibatch noise (the trainer's J_mm equals a directly written
+  quadrature with an explicit coupling matrix): the optimum's gap (exact by quadrature, and by the
   estimator) still increases with sigma, and for sigma >= 0.4 exceeds the smallest gap that
   linear encoders can reach (a search for min D_S started at the optimum's own maps goes
   lower): the objective keeps a gap it could shed, as the -D_S term predicts.

@@ -360,3 +360,13 @@ def test_floor_bound_holds_on_adversarial_inputs(gen):
     for t in (est.ds, est.kl_pq, est.ds_plugin):
         assert torch.isfinite(t).all() and (t.abs() <= 3.01 * bound).all()
     assert (est.kl_pq_plugin.abs() <= 1.01 * bound).all()
+
+
+def test_direct_population_objective_matches_the_trainer(gen):
+    data = clip_toy.ToyData(input_noise=0.0)
+    sigma = torch.tensor([0.0, 0.3, 0.6], dtype=torch.float64)
+    w = clip_toy.initial_weights(3, gen)
+    _, value = clip_toy.train_population(data, sigma, w, steps=1,
+                                         grid=clip_toy.PopulationGrid(points=128))
+    direct = mg._population_objective(data, sigma, w, 128, 0.07)
+    assert torch.allclose(value, direct, rtol=1e-10, atol=1e-10)
