@@ -1,31 +1,36 @@
 """The modality gap grows with misalignment (paper Fig. 5, "barrier-driven co-adaptation").
 
-THEORY.md §5. The symmetric multimodal objective carries ``-D_S(q1, q2)`` (Prop 4.1), and
-the paper's Fig. 5 shows, in a two-modality toy, that the gap ``D_S`` between the two
-embedding marginals grows with the misalignment sigma of the pairs, is not an artifact of
-initialisation, and coexists with strong pairwise alignment. The authors' toy: angle
+The symmetric multimodal objective carries ``-D_S(q1, q2)`` (Prop 4.1), and the paper's
+Fig. 5 shows, in a two-modality toy, that the gap ``D_S`` between the two embedding marginals
+grows with the misalignment sigma of the pairs, is not an artifact of initialisation, and
+coexists with strong pairwise alignment. The authors' toy: angle
 ``theta ~ 0.7 vM(0, 6) + 0.3 vM(pi, 6)``, ``theta2 = theta + sigma N(0, 1)``, inputs
 ``(cos, sin) + 0.02 N``, two linear 2x2 encoders, symmetric CLIP at tau = 0.07, B = 256,
 Adam lr 5e-3, 2000 steps, sigma in {0, ..., 0.7}, 20 seeds; gap = 60-bin histogram
-Jeffreys (``2 D_S``) on 8000 pairs. Their histogram explodes on empty bins (THEORY.md
-measured one seed at 44.8); so every gap number here comes from a calibrated estimator.
+Jeffreys (``2 D_S``) on 8000 pairs. Their histogram explodes on empty bins; so every gap
+number here comes from a calibrated estimator.
 
 Claims (D_S = (KL(p||q) + KL(q||p))/2 throughout; "Jeffreys" = 2 D_S):
 
 * ``fig5-gap-estimator`` — the von Mises KDE estimator of :mod:`.angular_divergence`
-  (cross-validated bandwidth, split-half bias correction) is unbiased for its smoothed
-  target ``D(p*K, q*K) <= D(p, q)`` at two sample sizes, and that target's gap to the closed
-  form shrinks with n; its null distribution at the toy's law is centred at 0; the S^{d-1}
-  k-NN estimator matches the vMF closed form; both are finite on degenerate inputs.
+  (split-half bias correction), at a kernel concentration fixed by the design (the
+  AMISE-optimal one for the true law, not chosen from the sample), agrees (TOST, 10 % /
+  3 % of the target) with the smoothed divergence ``D(p*K, q*K)`` computed independently
+  (closed-form smoothed vM densities, adaptive quadrature); with its cross-validated
+  bandwidth its null at the toy's law is centred at 0; it obeys exact identities and the
+  floor's rigorous bound on degenerate inputs.
 * ``fig5-gap-grows-with-misalignment`` — the authors' sweep (independent inits), all runs as
-  one batched program: Jonckheere-Terpstra test for D_S increasing in sigma; the per-sigma
-  table puts our estimator beside the authors' histogram on the same runs.
+  one batched program: Jonckheere–Terpstra (permutation null) for D_S increasing in sigma,
+  with the seeds per sigma designed for power at a stated pairwise ordering probability;
+  the Fourier-expanded CLIP gradient that trains it equals autograd of a separately written
+  CLIP loss; the trend test's permutation p-value equals exact enumeration on a small example.
 * ``fig5-gap-not-init-artifact`` — both encoders start identical; the trained gap still
-  increases with sigma, stays at the estimator's null at sigma = 0, lies above it for
-  sigma >= 0.4, and there every run keeps strong held-out alignment (paper: "strong pairwise
-  alignment coexists with a persistent modality gap").
+  increases with sigma, is equivalent to the estimator's null at sigma = 0 (TOST), lies
+  above it for sigma >= 0.4 (Mann–Whitney), and there every run keeps strong held-out
+  alignment (paper: "strong pairwise alignment coexists with a persistent modality gap").
 * ``fig5-population-gap`` — the deterministic large-batch objective J_mm (Thm 4.1) on a
-  quadrature grid, no minibatch noise: the optimum's gap (exact by quadrature, and by the
+  quadrature grid, no minibatch noise (the trainer's J_mm equals a directly written
+  quadrature with an explicit coupling matrix): the optimum's gap (exact by quadrature, and by the
   estimator) still increases with sigma, and for sigma >= 0.4 exceeds the smallest gap that
   linear encoders can reach (a search for min D_S started at the optimum's own maps goes
   lower): the objective keeps a gap it could shed, as the -D_S term predicts.
@@ -36,6 +41,12 @@ q1 = q2 for sigma > 0 (the input laws differ), and training *shrinks* that inher
 is reduced to a level that grows with sigma; and with independent inits a
 fraction of runs end near-singular (orientation mismatch at init), which is where the
 authors' huge histogram values come from: our finite estimator gives them large values too.
+
+Design (issue 12): every sample size below is computed from the check's error rates before
+sampling: seeds per sigma from the Jonckheere–Terpstra power at the designed ordering
+probability (:mod:`cgeom_verify.kernels.rank_design`), replicates from a predicted s.d.
+(influence functions under the closed forms, or a stated pilot s.d.) through
+:func:`cgeom_verify.stats.min_num_samples`.
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ from scipy import optimize
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
 from cgeom_verify.kernels import angular_divergence as ad
-from cgeom_verify.kernels import clip_toy, vmf
+from cgeom_verify.kernels import clip_toy, rank_design
 
 SIGMAS = tuple(round(0.1 * i, 1) for i in range(8))
 #: sigma from which the gap is certified above the estimator's null (set after exploratory runs
@@ -63,10 +74,41 @@ GAP_SIGMA = 0.4
 #: retrieval among 256 candidates (the batch) is above chance.
 CHANCE_TOP1 = 1.0 / 256
 
+#: Designed effect of the trend tests: a run at the larger of two sigmas has the larger gap with
+#: probability >= TREND_PI. The J_mm optimum orders every pair of sigmas (fig5-population-gap);
+#: training noise blurs that (exploratory runs from identical inits: above 0.95), and with
+#: independent inits near-singular runs (orientation mismatch at init) blur it much more:
+#: estimates 0.71, 0.78 and 0.82 over three seeds at 450 steps, so that design takes 0.70.
+TREND_PI = 0.75
+AUTHORS_TREND_PI = 0.70
+#: Designed effect of "above the null": a gap at sigma >= 0.4 exceeds a null replicate with
+#: probability >= 0.9 (exploratory runs: every gap above every null replicate).
+ABOVE_NULL_PI = 0.9
+#: Pilot s.d. of one null replicate (toy law, 8000 vs 8000 draws, cross-validated bandwidth:
+#: 7.5e-4 over 80 replicates, 1.0e-3 over 119) and of the trained sigma = 0 gap from identical
+#: inits (8 runs: 4e-4), inflated for the pilots' own uncertainty: the replicate design uses them.
+NULL_SD = 1.4e-3
+SIGMA0_SD = 1.5 * 4.0e-4
+#: Inflation of the influence-function s.d. of the S^1 estimator (pilot at the oracle
+#: bandwidth, 6 laws x 400 replicates: observed/predicted s.d. <= 1.39; the margin covers the
+#: scatter of the s.d. estimate itself).
+INFLUENCE_INFLATION = 1.7
+#: Inflation of the per-pair s.d. of cos(theta2 - theta) predicted from the wrapped normal
+#: (the trained maps and the input noise spread it; pilot: observed/predicted <= 1.1).
+COSINE_SD_INFLATION = 1.5
+#: top-1 rate the alignment design plans its s.e. for (exploratory runs at sigma >= 0.4: at most
+#: 0.022; the s.e. grows with the rate, so the design takes a rate above every one seen).
+TOP1_DESIGN_P = 0.05
+
 
 def input_pair_cosine(sigma: float) -> float:
     """``E cos(theta2 - theta) = exp(-sigma^2 / 2)`` for ``theta2 - theta ~ N(0, sigma^2)``."""
     return math.exp(-0.5 * sigma**2)
+
+
+def input_pair_cosine_sd(sigma: float) -> float:
+    """s.d. of ``cos(sigma Z)``: ``Var = (1 + e^{-2 sigma^2})/2 - e^{-sigma^2}``."""
+    return math.sqrt(max(0.5 * (1 + math.exp(-2 * sigma**2)) - math.exp(-(sigma**2)), 0.0))
 
 
 #: a run counts as near-singular (reported only) when an encoder's condition number exceeds this.
@@ -92,20 +134,22 @@ class GapEstimator:
 
 @dataclass(frozen=True)
 class Fig5Experiment:
-    """How the toy is trained and read out. Mutants: ``permute_labels`` shuffles the sigma
-    labels across runs; ``identical_inputs`` feeds both encoders the same inputs;
-    ``shuffle_pairs`` measures alignment on mismatched held-out pairs."""
+    """How the toy is trained and read out. Mutants: ``reverse_labels`` pairs every run with
+    the mirrored sigma (a descending sort); ``identical_inputs`` feeds both encoders the same
+    inputs; ``shuffle_pairs`` measures alignment on mismatched held-out pairs;
+    ``expansion_tail`` is the truncation of the Fourier kernel expansion."""
 
     init: str = "independent"
     identical_inputs: bool = False
-    permute_labels: bool = False
+    reverse_labels: bool = False
     shuffle_pairs: bool = False
+    expansion_tail: float = 1e-10
     estimator: GapEstimator = GapEstimator()
 
 
 @dataclass(frozen=True)
 class Fig5Setting:
-    """The authors' toy (THEORY.md §5)."""
+    """The authors' toy (paper Fig. 5)."""
 
     weight: float = 0.7
     kappa: float = 6.0
@@ -123,49 +167,70 @@ class Fig5Setting:
 AUTHORS = Fig5Setting()
 
 
-def jonckheere_terpstra(values, groups) -> float:
-    """Standardised Jonckheere-Terpstra statistic for values increasing with ordered groups.
+# --- the design: sample sizes from the error rates, before sampling --------------------------
 
-    ``J = sum_{g < h} #{(a in g, b in h): x_a < x_b} + #ties/2``; under H0 (exchangeable)
-    E J = (N^2 - sum n_g^2)/4 and Var J is the tie-corrected formula of Hollander & Wolfe
-    (Nonparametric Statistical Methods, §6.2). Returns ``(J - E J)/sd J`` (0 when sd = 0,
-    i.e. everything tied: no evidence). Compared with N(0, 1) (normal approximation).
-    With two groups it is the Mann-Whitney statistic.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    _, g = np.unique(np.asarray(groups), return_inverse=True)
-    if x.shape != g.shape or x.ndim != 1 or not np.all(np.isfinite(x)):
-        raise ValueError("need one finite value per run and one group label per value")
-    later = g[:, None] < g[None, :]
-    score = (x[:, None] < x[None, :]) + 0.5 * (x[:, None] == x[None, :])
-    j = float(score[later].sum())
-    n_total = x.size
-    n = np.bincount(g).astype(np.float64)
-    t = np.unique(x, return_counts=True)[1].astype(np.float64)
-    mean = (n_total**2 - (n**2).sum()) / 4.0
-    big = n_total * (n_total - 1)
-    var = (
-        (
-            big * (2 * n_total + 5)
-            - (n * (n - 1) * (2 * n + 5)).sum()
-            - (t * (t - 1) * (2 * t + 5)).sum()
-        )
-        / 72.0
-        + (n * (n - 1) * (n - 2)).sum()
-        * (t * (t - 1) * (t - 2)).sum()
-        / (36.0 * big * (n_total - 2))
-        + (n * (n - 1)).sum() * (t * (t - 1)).sum() / (8.0 * big)
+#: Profile minimums (the full profile keeps the authors' 20 seeds; the design may ask for more).
+MIN_SEEDS_AUTHORS = Profiled(quick=2, full=20)
+STEPS_AUTHORS = Profiled(quick=450, full=1000)
+MIN_SEEDS_IDENTICAL = Profiled(quick=2, full=10)
+STEPS_IDENTICAL = Profiled(quick=200, full=600)
+
+
+def _trend_seeds(run, decisions: int, minimum, pi: float = TREND_PI) -> int:
+    """Seeds per sigma so the JT decision has power 1 - its false-fail rate at ordering ``pi``."""
+    return rank_design.jt_group_size(
+        len(SIGMAS), pi, 1.0 - run.decision_false_fail_rate(decisions), run.false_pass_rate,
+        minimum=run.pick(minimum),
     )
-    return 0.0 if var <= 0 else (j - mean) / math.sqrt(var)
+
+
+def _data_level_gap(setting: Fig5Setting, device) -> list[float]:
+    """``D_S(p, p * WN_sigma)``: the gap identity encoders would inherit from the inputs' laws."""
+    like = {"dtype": torch.float64, "device": device}
+    sigma = torch.tensor(setting.sigmas, **like)
+    phi = torch.arange(8192, **like) * (2 * math.pi / 8192)
+    eye = torch.eye(2, **like).expand(sigma.numel(), 2, 2)
+    data = replace(setting.data(), input_noise=0.0)
+    q1 = clip_toy.pushforward_density(data, eye, phi)
+    q2 = clip_toy.pushforward_density(data, eye, phi, sigma)
+    return (0.5 * ((q1 - q2) * (q1.log() - q2.log())).mean(-1)).tolist()
+
+
+def _inherited_gap(setting: Fig5Setting, sigma: float, device) -> float:
+    return _data_level_gap(setting, device)[list(setting.sigmas).index(sigma)]
+
+
+def _null_margin(run, setting: Fig5Setting) -> float:
+    """An estimator bias must stay below 10 % (quick) / 3 % (full) of the smallest inherited gap
+    the sweep reports as nonzero on the histogram scale (sigma = 0.2: 9.1e-3); the target is 0,
+    so the margin is absolute."""
+    return run.relative_discrepancy * _inherited_gap(setting, 0.2, run.device)
+
+
+def _null_replicates(run, setting: Fig5Setting, decisions: int) -> int:
+    return stats.min_num_samples(
+        NULL_SD, _null_margin(run, setting), run.decision_false_fail_rate(decisions),
+        run.false_pass_rate, kind="equivalent",
+    )
+
+
+def _alignment_pairs(run, setting: Fig5Setting, decisions: int, seeds: int) -> int:
+    """Held-out pairs per run for the alignment decisions (a multiple of the batch): each run's
+    mean cosine, and each sigma's top-1 pooled over its ``seeds`` runs."""
+    a, b = run.decision_false_fail_rate(decisions), run.false_pass_rate
+    need = []
+    for s in setting.sigmas:
+        if s >= GAP_SIGMA - 1e-9:
+            effect = run.relative_discrepancy * (1 - input_pair_cosine(s))
+            need.append(stats.min_num_samples(
+                COSINE_SD_INFLATION * input_pair_cosine_sd(s), effect, a, b, kind="exceeds"))
+    p = TOP1_DESIGN_P
+    trials = stats.min_num_samples(math.sqrt(p * (1 - p)), CHANCE_TOP1, a, b, kind="exceeds")
+    need.append(math.ceil(trials / seeds))
+    return setting.batch * math.ceil(max(need) / setting.batch)
 
 
 # --- shared computations --------------------------------------------------------------------
-
-SEEDS_AUTHORS = Profiled(quick=6, full=20)
-STEPS_AUTHORS = Profiled(quick=450, full=1000)
-SEEDS_IDENTICAL = Profiled(quick=3, full=10)
-STEPS_IDENTICAL = Profiled(quick=200, full=600)
-NULL_REPLICATES = Profiled(quick=80, full=160)
 
 
 @dataclass(frozen=True)
@@ -183,9 +248,10 @@ class Sweep:
     condition: np.ndarray
     shuffled_cosine: np.ndarray
     shuffled_top1: np.ndarray
+    alignment_pairs: int
 
 
-@functools.lru_cache(maxsize=6)
+@functools.lru_cache(maxsize=4)
 def _sweep(
     setting: Fig5Setting,
     init: str,
@@ -195,6 +261,7 @@ def _sweep(
     seed: int,
     estimator: GapEstimator,
     trajectory: bool,
+    alignment_pairs: int,
     device: torch.device,
 ) -> Sweep:
     gen = torch.Generator(device=device)
@@ -225,13 +292,23 @@ def _sweep(
         gaps.append(estimator.divergences(a, b, paired=True)[0].cpu().numpy())
     final = history[order[-1]]
     a, b = clip_toy.embedding_angles(final[0], x1), clip_toy.embedding_angles(final[1], x2)
-    z1, z2 = clip_toy.embed(final[0], x1), clip_toy.embed(final[1], x2)
-    cosine, top1 = clip_toy.alignment_metrics(z1, z2, setting.batch)
-    shuffled_cosine, shuffled_top1 = clip_toy.alignment_metrics(
-        z1, z2.roll(1, dims=1), setting.batch
-    )
-    pair_cos = (z1 * z2).sum(-1)
-    trials = 2 * (setting.eval_pairs // setting.batch) * setting.batch
+    # alignment on its own held-out pairs, as many as the alignment decisions need (a few runs
+    # at a time: the full profile asks for ~1.7e5 pairs per run)
+    pairs = max(alignment_pairs, setting.batch)
+    chunk = max(1, int(4e6 // pairs))
+    parts = []
+    for lo in range(0, sigma.numel(), chunk):
+        sel = slice(lo, lo + chunk)
+        y1, y2 = clip_toy.sample_pairs(data, sigma[sel], pairs, gen, identical_inputs)
+        z1, z2 = clip_toy.embed(final[0, sel], y1), clip_toy.embed(final[1, sel], y2)
+        parts.append((
+            *clip_toy.alignment_metrics(z1, z2, setting.batch),
+            *clip_toy.alignment_metrics(z1, z2.roll(1, dims=1), setting.batch),
+            (z1 * z2).sum(-1).std(-1),
+        ))
+    cosine, top1, shuffled_cosine, shuffled_top1, pair_sd = (torch.cat(t) for t in zip(*parts, strict=True))
+    # top-1 averages the two directions of the same groups: at most as variable as one direction
+    trials = (pairs // setting.batch) * setting.batch
     top1 = top1.cpu().numpy()
     return Sweep(
         sigma=sigma.cpu().numpy(),
@@ -239,34 +316,42 @@ def _sweep(
         gap=np.stack(gaps),
         jeffreys_histogram=ad.histogram_jeffreys(a, b).cpu().numpy(),
         cosine=cosine.cpu().numpy(),
-        cosine_se=(pair_cos.std(-1) / math.sqrt(setting.eval_pairs)).cpu().numpy(),
+        cosine_se=(pair_sd / math.sqrt(pairs)).cpu().numpy(),
         top1=top1,
         top1_se=np.sqrt(np.maximum(top1 * (1 - top1), 1.0 / trials) / trials),
         condition=torch.linalg.cond(final).amax(0).cpu().numpy(),
         shuffled_cosine=shuffled_cosine.cpu().numpy(),
         shuffled_top1=shuffled_top1.cpu().numpy(),
+        alignment_pairs=pairs,
     )
 
 
-def _sweep_for(run, subject: Fig5Experiment, seeds, steps, trajectory=False) -> Sweep:
+def _sweep_for(run, subject: Fig5Experiment, seeds: int, steps, trajectory=False,
+               alignment_pairs: int = 0) -> Sweep:
     return _sweep(
         run.settings[0],
         subject.init,
         subject.identical_inputs,
-        run.pick(seeds),
+        seeds,
         run.pick(steps),
         run.seeds[0],
         subject.estimator,
         trajectory,
+        alignment_pairs,
         run.device,
     )
 
 
-def _labels(run, subject: Fig5Experiment, sigma: np.ndarray) -> np.ndarray:
-    if not subject.permute_labels:
+def _labels(subject: Fig5Experiment, sigma: np.ndarray) -> np.ndarray:
+    """The sigma each run is filed under (the mutant files it under the mirrored sigma)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if not subject.reverse_labels:
         return sigma
-    rng = np.random.default_rng(run.check_seed)
-    return rng.permutation(sigma)
+    return np.round(SIGMAS[0] + SIGMAS[-1] - sigma, 10)
+
+
+def _groups(values: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    return [values[np.isclose(labels, s)] for s in SIGMAS]
 
 
 @functools.lru_cache(maxsize=4)
@@ -276,9 +361,13 @@ def _null_gaps(setting: Fig5Setting, replicates: int, seed: int, estimator: GapE
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     data = setting.data()
-    x = data.sample_angles((replicates, setting.eval_pairs), gen)
-    y = data.sample_angles((replicates, setting.eval_pairs), gen)
-    return estimator.divergences(x, y)[0].cpu().numpy()
+    out = []
+    for lo in range(0, replicates, 256):  # bounded memory for the full profile's ~900
+        rows = min(256, replicates - lo)
+        x = data.sample_angles((rows, setting.eval_pairs), gen)
+        y = data.sample_angles((rows, setting.eval_pairs), gen)
+        out.append(estimator.divergences(x, y)[0].cpu().numpy())
+    return np.concatenate(out)
 
 
 def _per_sigma_table(sigma, columns: dict) -> list[dict]:
@@ -294,33 +383,38 @@ def _per_sigma_table(sigma, columns: dict) -> list[dict]:
     return rows
 
 
-def _data_level_gap(setting: Fig5Setting, device) -> list[float]:
-    """``D_S(p, p * WN_sigma)``: the gap identity encoders would inherit from the inputs' laws."""
-    like = {"dtype": torch.float64, "device": device}
-    sigma = torch.tensor(setting.sigmas, **like)
-    phi = torch.arange(8192, **like) * (2 * math.pi / 8192)
-    eye = torch.eye(2, **like).expand(sigma.numel(), 2, 2)
-    data = replace(setting.data(), input_noise=0.0)
-    q1 = clip_toy.pushforward_density(data, eye, phi)
-    q2 = clip_toy.pushforward_density(data, eye, phi, sigma)
-    return (0.5 * ((q1 - q2) * (q1.log() - q2.log())).mean(-1)).tolist()
+def _trend_test(name: str, values: np.ndarray, labels: np.ndarray, run, decisions: int, seed: int,
+                note: str = "", pi: float = TREND_PI):
+    """JT (permutation null, stats.jonckheere_terpstra) and its designed power at ordering ``pi``."""
+    groups = _groups(values, labels)
+    jt = stats.jonckheere_terpstra(groups, seed=seed)
+    power = rank_design.jt_power([len(g) for g in groups], pi, run.false_pass_rate)
+    return jt, stats.demonstrate(
+        name, jt.statistic, jt.p_value, power=power,
+        note=(f"{len(values)} runs; permutation p ({jt.method}); z = {jt.z:.2f}; designed "
+              f"effect: pairwise ordering probability {pi}, power {power:.6f} (normal "
+              f"approximation){'; ' + note if note else ''}"),
+    )
 
 
 # === claim 1: the estimator =================================================================
 
 estimator_claim = Claim(
     id="fig5-gap-estimator",
-    reference="Fig. 5 (gap estimator), THEORY.md §5",
+    reference="Fig. 5 (gap estimator)",
     statement=(
-        "The von Mises KDE estimator of KL and D_S on S^1 (least-squares cross-validated "
-        "bandwidth, split-half correction) is unbiased for its smoothed target D(p*K, q*K) at two "
-        "sample sizes, the target's gap to the closed-form vM divergence shrinks as n grows, its "
-        "null distribution at the toy's law is centred at 0, the S^{d-1} k-NN KL estimator matches "
-        "the vMF closed form, and both are finite on identical, collapsed and disjoint samples."
+        "The von Mises KDE estimator of KL (both directions) and D_S on S^1 (split-half "
+        "correction), at a kernel concentration fixed by the design (AMISE-optimal for the true "
+        "law and n), agrees within 10 % (quick) / 3 % (full) with the smoothed divergence "
+        "D(p*K, q*K) computed independently (closed-form smoothed von Mises densities, "
+        "adaptive quadrature); with its "
+        "cross-validated bandwidth its null at the toy's law (n = 8000) is centred at 0; "
+        "identical samples give exactly 0 and disjoint ones stay within the rigorous bound the "
+        "density floor implies (the authors' histogram is bounded only by its smoothing)."
     ),
     assumptions=(
-        "vM pairs with D_S <= 1 and concentration ratio <= 1.3 (outside, the tails bias the "
-        "plug-in: measured, recorded as not applicable)",
+        "von Mises pairs with kappa in [1, 15], concentration ratio <= e^0.25, D_S between "
+        "about 0.05 and 1 (offsets from 0.3 to 1 of the one giving D_S = 1)",
         "independent samples for the calibration; the toy's evaluation pairs are paired",
     ),
     subject=GapEstimator(),
@@ -346,6 +440,18 @@ def _split_half():
     )
 
 
+@estimator_claim.obligation("a vM law smoothed by a vM kernel: the resultant's modulus")
+def _convolved_resultant():
+    k, c, u = sympy.symbols("kappa c u", positive=True)
+    t = sympy.symbols("t", real=True)
+    # kappa cos(phi - mu) + c cos(theta - phi) = R cos(phi - psi): R^2 = |kappa e^{i mu} + c e^{i theta}|^2
+    lhs = (k * sympy.cos(u) + c * sympy.cos(t)) ** 2 + (k * sympy.sin(u) + c * sympy.sin(t)) ** 2
+    return Derivation(
+        "|kappa e^{i mu} + c e^{i theta}|^2 = kappa^2 + c^2 + 2 kappa c cos(theta - mu)",
+        lhs, k**2 + c**2 + 2 * k * c * sympy.cos(t - u),
+    )
+
+
 @dataclass(frozen=True)
 class VonMisesPair:
     kappa1: float
@@ -359,8 +465,8 @@ def _vm_pairs():
         VonMisesPair,
         kappa1=st.floats(1.0, 12.0),
         log_ratio=st.floats(-0.25, 0.25),
-        offset_fraction=st.floats(0.0, 1.0),
-        n=st.sampled_from([1000, 2000]),
+        offset_fraction=st.floats(0.3, 1.0),
+        n=st.sampled_from([1000, 4000]),
     )
 
 
@@ -376,79 +482,87 @@ def _offset(setting: VonMisesPair) -> float:
     return setting.offset_fraction * top
 
 
-CALIBRATION_REPLICATES = Profiled(quick=40, full=160)
+CALIBRATION_EXAMPLES = Profiled(quick=2, full=6)
 
 
 @estimator_claim.check(
-    "S1 KDE unbiased for its smoothed target at n and 4n, bias shrinks",
+    "S1 KDE at the design bandwidth agrees with the independently computed smoothed divergence",
     settings=_vm_pairs(),
-    examples=Profiled(quick=2, full=6),
+    examples=CALIBRATION_EXAMPLES,
+    min_applicable=CALIBRATION_EXAMPLES,  # every drawn law lies inside the assumptions by design
 )
 def s1_calibration(run):
     tests, table = [], []
-    reps = run.pick(CALIBRATION_REPLICATES)
+    decisions = 3 * len(run.settings)
+    a, b = run.decision_false_fail_rate(decisions), run.false_pass_rate
     for i, s in enumerate(run.settings):
         k1, k2, delta = s.kappa1, s.kappa1 * math.exp(s.log_ratio), _offset(s)
+        # the design, fixed before sampling: bandwidth from the true law and n, targets by
+        # quadrature of the closed-form smoothed densities, replicates from the influence s.d.
+        conc = ad.vm_oracle_concentration(max(k1, k2), s.n)
+        kl_s, kl_s_rev = ad.smoothed_vm_divergence_quad(0.0, k1, delta, k2, conc)
+        ds_s = 0.5 * (kl_s + kl_s_rev)
+        sd_ds, sd_kl = ad.vm_influence_sd(0.0, k1, delta, k2, s.n, s.n)
+        sd_kl_rev = ad.vm_influence_sd(delta, k2, 0.0, k1, s.n, s.n)[1]
+        margin_ds = stats.relative_margin(ds_s, run.relative_discrepancy)
+        margin_kl = stats.relative_margin(kl_s, run.relative_discrepancy)
+        margin_kl_rev = stats.relative_margin(kl_s_rev, run.relative_discrepancy)
+        reps = max(
+            stats.min_num_samples(INFLUENCE_INFLATION * sd, m, a, b, kind="equivalent")
+            for sd, m in ((sd_ds, margin_ds), (sd_kl, margin_kl), (sd_kl_rev, margin_kl_rev))
+        )
+        gen = run.generator(i)
+        x = _von_mises((reps, s.n), 0.0, k1, gen)
+        y = _von_mises((reps, s.n), delta, k2, gen)
+        rows = max(1, int(1e6 // s.n))  # bounded memory: the full profile asks for thousands
+        parts = [run.subject.divergences(x[lo:lo + rows], y[lo:lo + rows], concentration=conc)
+                 for lo in range(0, reps, rows)]
+        ds = np.concatenate([p[0].cpu().numpy() for p in parts])
+        kl = np.concatenate([p[1].cpu().numpy() for p in parts])
         d_true = float(
             ad.vmf_symmetric_divergence(2, [1.0, 0.0], k1, [math.cos(delta), math.sin(delta)], k2)
         )
-        rng = np.random.default_rng(run.seeds[i])
-        bias_abs, row = {}, {"kappa1": k1, "kappa2": k2, "offset": delta, "D_S": d_true}
-        for n in (s.n, 4 * s.n):
-            x = run.tensor(rng.vonmises(0.0, k1, (reps, n)))
-            y = run.tensor(rng.vonmises(delta, k2, (reps, n)))
-            ds, kl, conc, se = run.subject.divergences(x, y)
-            ds, kl, se = ds.cpu().numpy(), kl.cpu().numpy(), se.cpu().numpy()
-            kl_s, kl_s_rev = ad.smoothed_vm_divergence(0.0, k1, delta, k2, conc)
-            ds_s = 0.5 * (kl_s + kl_s_rev)
-            err_ds, err_kl = ds - ds_s, kl - kl_s
-            m, e = stats.mean_se(err_ds)
-            tests.append(
-                stats.equal(f"D_S - D_S(p*K,q*K) at n={n}", m, e, 0.0, example=i, df=reps - 1)
-            )
-            m, e = stats.mean_se(err_kl)
-            tests.append(
-                stats.equal(f"KL - KL(p*K||q*K) at n={n}", m, e, 0.0, example=i, df=reps - 1)
-            )
-            bias_abs[n] = np.abs(ds_s - d_true)
-            half_width = 1.96 * se
-            row[f"n={n}"] = {
-                "bias_vs_closed_form": float(np.mean(ds - d_true)),
-                "bias_vs_smoothed": float(err_ds.mean()),
-                "sd": float(ds.std(ddof=1)),
-                "smoothing_bias": float(np.mean(ds_s - d_true)),
-                "median_concentration": float(np.median(conc)),
-                "coverage_95_smoothed": float(np.mean(np.abs(ds - ds_s) <= half_width)),
-                "coverage_95_closed_form": float(np.mean(np.abs(ds - d_true) <= half_width)),
-            }
-        small, large = bias_abs[s.n], bias_abs[4 * s.n]
-        diff = small.mean() - large.mean()
-        diff_se = math.sqrt(small.var(ddof=1) / reps + large.var(ddof=1) / reps)
-        if d_true > 1e-3:  # at p = q there is no smoothing bias to shrink
-            tests.append(
-                stats.exceeds(
-                    "|smoothing bias| shrinks from n to 4n",
-                    diff,
-                    max(diff_se, 1e-300),
-                    0.0,
-                    example=i,
-                    df=2 * reps - 2,
-                )
-            )
-        table.append(row)
+        note = f"kappa {k1:.3g}/{k2:.3g}, offset {delta:.3g}, n {s.n}, c {conc:.4g}, {reps} replicates"
+        m, e = stats.mean_se(ds)
+        tests.append(stats.equivalent(f"D_S vs smoothed closed form at n={s.n}", m, e, ds_s,
+                                      margin=margin_ds, example=i, df=reps - 1, note=note))
+        m, e = stats.mean_se(kl)
+        tests.append(stats.equivalent(f"KL(p||q) vs smoothed closed form at n={s.n}", m, e, kl_s,
+                                      margin=margin_kl, example=i, df=reps - 1, note=note))
+        m, e = stats.mean_se(2 * ds - kl)  # KL(q||p), from the estimator's D_S and KL(p||q)
+        tests.append(stats.equivalent(f"KL(q||p) vs smoothed closed form at n={s.n}", m, e,
+                                      kl_s_rev, margin=margin_kl_rev, example=i, df=reps - 1,
+                                      note=note))
+        table.append({
+            "kappa1": k1, "kappa2": k2, "offset": delta, "n": s.n, "concentration": conc,
+            "replicates": reps, "D_S": d_true, "D_S_smoothed": ds_s, "KL_smoothed": kl_s,
+            "smoothing_bias_relative": (ds_s - d_true) / d_true,
+            "estimate_bias_relative": float((ds.mean() - ds_s) / ds_s),
+            "sd_over_predicted": float(ds.std(ddof=1) / sd_ds),
+        })
     run.record("calibration", table)
     return tests
+
+
+def _von_mises(shape, mean: float, kappa: float, gen: torch.Generator) -> torch.Tensor:
+    """vM draws from the run's generator (Best & Fisher's rejection sampler, batched)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+    rng = np.random.default_rng(seed)
+    return torch.as_tensor(rng.vonmises(mean, kappa, shape), device=gen.device)
 
 
 @estimator_claim.check(
     "null distribution at the toy law centred at 0 (n = 8000)",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
 )
 def null_distribution(run):
-    values = _null_gaps(run.settings[0], run.pick(NULL_REPLICATES), run.seeds[0], run.subject,
-                        run.device)
+    setting = run.settings[0]
+    replicates = _null_replicates(run, setting, decisions=1)
+    values = _null_gaps(setting, replicates, run.seeds[0], run.subject, run.device)
     m, se = stats.mean_se(values)
+    margin = _null_margin(run, setting)
     run.record(
         "null",
         {
@@ -457,64 +571,41 @@ def null_distribution(run):
             "q99": float(np.quantile(values, 0.99)),
             "max": float(values.max()),
             "replicates": int(values.size),
+            "margin": margin,
         },
     )
     return [
-        stats.equal(
-            "mean D_S of two independent samples of one law", m, se, 0.0, df=values.size - 1
+        stats.equivalent(
+            "mean D_S of two independent samples of one law", m, se, 0.0, margin=margin,
+            df=values.size - 1,
+            note=(f"absolute margin {margin:.3g}: {run.relative_discrepancy:.0%} of the inherited "
+                  "gap at sigma = 0.2 (the target 0 has no relative size)"),
         )
     ]
 
 
-@dataclass(frozen=True)
-class SpherePair:
-    d: int
-    kappa1: float
-    log_ratio: float
-    angle: float
+def _floor_bound(grid: int = ad.GRID) -> float:
+    """A rigorous bound B on |log(p/q)| for the estimator's grid densities, whatever the sample.
+
+    Densities are floored at ``eps log2(grid) * |c_0 lam_0| = eps log2(grid)`` and bounded by
+    ``sum_k |c_k lam_k| <= (pi/2)^2 (1 + 2 sum_{k>=1} lam_k(c_max))`` (the de-binning divides by
+    sinc^2 >= (2/pi)^2 and lam_k grows with the concentration); B = log(max / floor). Each
+    plug-in KL is then at most m B in modulus (m = mean grid density = 1 up to the FFT's
+    rounding), so the split-half D_S = (1/2) sum (2 KL - mean of halves) obeys |D_S| <= 3 m B.
+    """
+    top = (math.pi / 2) ** 2 * float(
+        ad._kernel_coefficients(np.array([ad.CONCENTRATIONS.max()]), grid // 2 + 1,
+                                torch.zeros(1, dtype=torch.float64, device="cpu")).sum() * 2 - 1
+    )
+    floor = torch.finfo(torch.float64).eps * math.log2(grid)
+    return math.log(top / floor)
 
 
 @estimator_claim.check(
-    "S^(d-1) k-NN KL matches the vMF closed form at n = 800",
-    settings=st.builds(
-        SpherePair,
-        d=st.sampled_from([3, 4]),
-        kappa1=st.floats(1.0, 8.0),
-        log_ratio=st.floats(-0.25, 0.25),
-        angle=st.floats(0.0, 0.6),
-    ),
-    examples=Profiled(quick=1, full=4),
-)
-def sphere_calibration(run):
-    tests, table = [], []
-    reps = run.pick(Profiled(quick=24, full=64))
-    for i, s in enumerate(run.settings):
-        k2 = s.kappa1 * math.exp(s.log_ratio)
-        m1 = torch.zeros(s.d, dtype=run.dtype, device=run.device)
-        m1[0] = 1.0
-        m2 = torch.zeros(s.d, dtype=run.dtype, device=run.device)
-        m2[0], m2[1] = math.cos(s.angle), math.sin(s.angle)
-        true = float(ad.vmf_kl(s.d, m1.cpu().numpy(), s.kappa1, m2.cpu().numpy(), k2))
-        gen = run.generator(i)
-        row = {"d": s.d, "KL": true}
-        for n in (200, 800):
-            x = vmf.sample_vmf(m1.expand(reps, s.d), s.kappa1, n, gen)
-            y = vmf.sample_vmf(m2.expand(reps, s.d), k2, n, gen)
-            err = ad.knn_kl_sphere(x, y).cpu().numpy() - true
-            m, se = stats.mean_se(err)
-            row[f"n={n}"] = {"bias": float(m), "sd": float(err.std(ddof=1))}
-        tests.append(
-            stats.equal("k-NN KL - closed form at n=800", m, se, 0.0, example=i, df=reps - 1)
-        )
-        table.append(row)
-    run.record("sphere_calibration", table)
-    return tests
-
-
-@estimator_claim.check(
-    "finite on identical, collapsed and disjoint samples",
+    "exact identities and the floor's bound on degenerate inputs",
     settings=st.just(0),
     examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
 )
 def degenerate_inputs(run):
     gen = run.generator(0)
@@ -527,32 +618,29 @@ def degenerate_inputs(run):
         "both collapsed to one angle": (torch.zeros(2, 500, **like), torch.zeros(2, 500, **like)),
         "collapsed to different angles": (torch.zeros(2, 500, **like), torch.ones(2, 500, **like)),
     }
-    tests, record = [], {}
+    record, values = {}, {}
     for name, (a, b) in cases.items():
-        ds = run.subject.divergences(a, b)[0]
+        values[name] = run.subject.divergences(a, b)[0]
         record[name] = {
-            "D_S": ds.tolist(),
+            "D_S": values[name].tolist(),
             "histogram_jeffreys": ad.histogram_jeffreys(a, b).tolist(),
         }
-        tests.append(
-            stats.within_precision(
-                f"{name}: estimate is finite", float(torch.isfinite(ds).all()), 1.0, 0.0
-            )
-        )
-    same = run.subject.divergences(x, x.clone())[0]
-    # identical inputs give bitwise-identical densities, hence exactly 0.
-    tests.append(
-        stats.within_precision("identical samples give D_S = 0", float(same.abs().max()), 0.0, 0.0)
-    )
-    sphere = vmf.sample_uniform_sphere((2, 100), 3, gen)
-    knn = ad.knn_kl_sphere(sphere, sphere.clone())
-    record["S^2 identical samples (k-NN KL)"] = knn.tolist()
-    tests.append(
-        stats.within_precision(
-            "S^2 k-NN finite on identical samples", float(torch.isfinite(knn).all()), 1.0, 0.0
-        )
-    )
+    bound = _floor_bound()
+    record["floor_bound_B"] = bound
     run.record("degenerate_inputs", record)
+    tests = [
+        # identical inputs give bitwise-identical densities, hence exactly 0.
+        stats.within_precision("identical samples give D_S = 0 exactly",
+                               float(values["identical samples"].abs().max()), 0.0, 0.0),
+        stats.within_precision("samples collapsed to one common angle give D_S = 0 exactly",
+                               float(values["both collapsed to one angle"].abs().max()), 0.0, 0.0),
+    ]
+    for name in ("disjoint halves (empty regions)", "collapsed to different angles"):
+        v = values[name]
+        # |D_S| <= 3 m B with m <= 1 + 1e-12: the bound 3.01 B (NaN and inf fail)
+        tests.append(stats.within_precision(
+            f"{name}: |D_S| within the floor's rigorous bound", float(v.abs().max()), 0.0,
+            3.01 * bound, note=f"B = log(largest grid density / floor) = {bound:.2f}; |D_S| <= 3 m B"))
     return tests
 
 
@@ -572,40 +660,34 @@ trend_claim = Claim(
     statement=(
         "In the authors' toy (independent inits, 8 sigmas x seeds, one batched program), the "
         "embedding-marginal gap D_S(q1, q2) increases with the pair misalignment sigma "
-        "(Jonckheere-Terpstra, ordered alternative)."
+        "(Jonckheere-Terpstra, permutation null, seeds designed for power at a pairwise "
+        "ordering probability of 0.70); the Fourier-expanded CLIP gradient that trains the toy "
+        "equals autograd of a separately written symmetric CLIP loss; the toy's samplers match "
+        "the angle law's closed-form moments and the wrapped-normal misalignment; the trend "
+        "test's permutation p-value equals exact enumeration."
     ),
     assumptions=(
-        "the toy of THEORY.md §5; the full profile trains 1000 steps (the gap has settled "
+        "the toy of paper Fig. 5; the full profile trains 1000 steps (the gap has settled "
         "by then: see fig5-gap-not-init-artifact's trajectories), the benchmark 2000",
     ),
     subject=Fig5Experiment(),
 )
 
 
-@trend_claim.obligation("JT with two groups is Mann-Whitney (null mean and variance)")
-def _jt_two_groups():
-    m, n = sympy.symbols("m n", positive=True, integer=True)
-    big = m + n
-    jt_var = (
-        big * (big - 1) * (2 * big + 5) - m * (m - 1) * (2 * m + 5) - n * (n - 1) * (2 * n + 5)
-    ) / 72
-    jt_mean = (big**2 - m**2 - n**2) / 4
-    return [
-        Derivation("E J = m n / 2", jt_mean, m * n / 2),
-        Derivation("Var J = m n (m + n + 1) / 12", jt_var, m * n * (m + n + 1) / 12),
-    ]
-
-
 @trend_claim.check(
     "D_S increases with sigma (Jonckheere-Terpstra)",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
 )
 def authors_trend(run):
-    sweep = _sweep_for(run, run.subject, SEEDS_AUTHORS, STEPS_AUTHORS)
+    seeds = _trend_seeds(run, 1, MIN_SEEDS_AUTHORS, AUTHORS_TREND_PI)
+    sweep = _sweep_for(run, run.subject, seeds, STEPS_AUTHORS)
     final = sweep.gap[-1]
-    labels = _labels(run, run.subject, sweep.sigma)
-    z = jonckheere_terpstra(final, labels)
+    labels = _labels(run.subject, sweep.sigma)
+    jt, test = _trend_test("JT for D_S increasing in sigma", final, labels, run, 1, run.check_seed,
+                           note=f"{seeds} seeds per sigma; labels mirrored: "
+                                f"{run.subject.reverse_labels}", pi=AUTHORS_TREND_PI)
     run.record(
         "per_sigma",
         _per_sigma_table(
@@ -629,7 +711,11 @@ def authors_trend(run):
             "their_D_S": final[sweep.condition > SINGULAR_CONDITION].tolist(),
         },
     )
-    run.record("jonckheere_terpstra_z", z)
+    pairs = sum(len(g) * len(h) for k, g in enumerate(_groups(final, labels))
+                for h in _groups(final, labels)[k + 1:])
+    run.record("jonckheere_terpstra", {"statistic": jt.statistic, "z": jt.z, "p": jt.p_value,
+                                       "seeds_per_sigma": seeds,
+                                       "pairwise_ordering_estimate": jt.statistic / pairs})
     run.figure(
         "gap vs misalignment (authors' setting)",
         [
@@ -654,23 +740,181 @@ def authors_trend(run):
         ylabel="D_S",
         yscale="log",
     )
+    return [test]
+
+
+trend_claim.control(
+    "sigma labels mirrored (sorted the wrong way)",
+    check=authors_trend,
+    mutant=replace(Fig5Experiment(), reverse_labels=True),
+    description="every run filed under 0.7 - sigma: the gap decreases in the label",
+)
+
+
+def _clip_loss_autograd(w1, w2, x1, x2, tau):
+    """The symmetric CLIP loss (mean of the two cross-entropies), written directly with
+    logsumexp: the oracle for the Fourier-expanded gradient. Returns the loss per run."""
+    def encode(w, x):
+        y = torch.einsum("rij,rnj->rni", w, x)
+        return y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+
+    z1, z2 = encode(w1, x1), encode(w2, x2)
+    logits = torch.einsum("rid,rjd->rij", z1, z2) / tau
+    diagonal = torch.diagonal(logits, dim1=-2, dim2=-1)
+    rows = torch.logsumexp(logits, dim=-1) - diagonal
+    cols = torch.logsumexp(logits, dim=-2) - diagonal
+    return 0.5 * (rows.mean(-1) + cols.mean(-1))
+
+
+GRADIENT_RUNS = Profiled(quick=16, full=64)
+#: Error budget of the expanded gradient relative to its largest entry over the batch of runs: a
+#: stated tolerance, 150x above the largest error seen over 20 seeds (6.6e-8; the expansion
+#: drops harmonics below 1e-10 of the largest kernel value, amplified by 1/r_i where a point is
+#: far from the other modality, so the error is heavy-tailed; per run, where a run's own
+#: gradient is small, it reached 3e-7, recorded) and far below any effect of training (Adam's
+#: step changes by < 1e-5 of lr); every gradient bug we tried errs by > 1e-2. The rigorous bound
+#: 4 kappa tail / min(r, c) * max |x|/|W x| is recorded: too loose to catch anything.
+GRADIENT_PRECISION = 1e-5
+EXPANSION_TAIL = 1e-10
+
+
+@trend_claim.check(
+    "Fourier-expanded CLIP gradient equals autograd of the CLIP loss",
+    settings=st.just(AUTHORS),
+    examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
+)
+def expansion_gradient(run):
+    setting = run.settings[0]
+    gen = run.generator(0)
+    runs = run.pick(GRADIENT_RUNS)
+    sigma = run.tensor(setting.sigmas).repeat(runs // len(SIGMAS) + 1)[:runs]
+    w = clip_toy.initial_weights(runs, gen)
+    x1, x2 = clip_toy.sample_pairs(setting.data(), sigma, setting.batch, gen)
+    batch = setting.batch
+    uniform = torch.full((runs, batch), 1.0 / batch, dtype=torch.float64, device=run.device)
+    expansion = clip_toy.KernelExpansion(setting.tau, tail=run.subject.expansion_tail, device=run.device)
+    g1, g2, value = clip_toy._encoder_gradient(
+        expansion, w[0], w[1], x1, x2, uniform, uniform, lambda z1, z2: (z2 / batch, z1 / batch)
+    )
+    a, b = w[0].clone().requires_grad_(), w[1].clone().requires_grad_()
+    loss = _clip_loss_autograd(a, b, x1, x2, setting.tau)
+    ga, gb = torch.autograd.grad(loss.sum(), (a, b))
+    loss = loss.detach()
+
+    def relative(g, ref):  # relative to the largest gradient entry of the batch of runs
+        return ((g - ref).abs().max() / ref.abs().max()).item()
+
+    def per_run(g, ref):  # relative to each run's largest entry (recorded)
+        return ((g - ref).abs().amax((-2, -1)) / ref.abs().amax((-2, -1))).max().item()
+
+    err1, err2 = relative(g1, ga), relative(g2, gb)
+    shifted = value + math.log(batch) + 1 / setting.tau  # J + log B + 1/tau = CLIP loss
+    err_value = float(((shifted - loss).abs() / loss.abs()).max())
+    with torch.no_grad():  # the rigorous (loose) bound, for the record
+        kappa = 1 / setting.tau
+        z1, z2 = clip_toy.embed(w[0], x1), clip_toy.embed(w[1], x2)
+        k = torch.exp(kappa * (torch.einsum("rid,rjd->rij", z1, z2) - 1))
+        smallest = torch.minimum(k.mean(-1).amin(-1), k.mean(-2).amin(-1))
+        rigorous = (4 * kappa * EXPANSION_TAIL / smallest).tolist()
+    run.record("expansion", {"degree": expansion.degree, "runs": runs, "batch": batch,
+                             "relative_error": [err1, err2, err_value],
+                             "per_run_relative_error": [per_run(g1, ga), per_run(g2, gb)],
+                             "rigorous_bound_without_leverage": rigorous})
+    note = (f"{runs} runs x batch {batch}, tau {setting.tau}, {expansion.degree} harmonics; "
+            f"budget {GRADIENT_PRECISION:g} of the largest entry (stated tolerance)")
     return [
-        stats.exceeds(
-            "JT z (normal approx.) for D_S increasing in sigma",
-            z,
-            1.0,
-            0.0,
-            note=f"{final.size} runs; labels permuted: {run.subject.permute_labels}",
-        )
+        stats.within_precision("encoder 1 gradient: max relative error vs autograd", err1, 0.0,
+                               GRADIENT_PRECISION, note=note),
+        stats.within_precision("encoder 2 gradient: max relative error vs autograd", err2, 0.0,
+                               GRADIENT_PRECISION, note=note),
+        stats.within_precision("J + log B + 1/tau vs the CLIP loss: max relative error",
+                               err_value, 0.0, GRADIENT_PRECISION, note=note),
     ]
 
 
 trend_claim.control(
-    "sigma labels permuted across runs",
-    check=authors_trend,
-    mutant=replace(Fig5Experiment(), permute_labels=True),
-    description="the same runs with shuffled sigma labels carry no trend",
+    "kernel expansion truncated at 1e-3",
+    check=expansion_gradient,
+    mutant=replace(Fig5Experiment(), expansion_tail=1e-3),
+    description="too few harmonics: the gradient departs from autograd",
 )
+
+
+@trend_claim.check(
+    "the toy's samplers: angle-law moments and the pairs' wrapped-normal misalignment",
+    settings=st.just(AUTHORS),
+    examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
+)
+def toy_samplers(run):
+    """The inverse-CDF sampler against the law's closed-form Fourier moments (Bessel ratios), and
+    the pair sampler against E cos(theta2 - theta) = exp(-sigma^2/2) (noise-free inputs)."""
+    setting = run.settings[0]
+    data = setting.data()
+    moments = data.fourier(3)
+    misaligned = [s for s in setting.sigmas if s > 0]
+    decisions = 2 + len(misaligned)
+    a, b = run.decision_false_fail_rate(decisions), run.false_pass_rate
+    gen = run.generator(0)
+    tests = []
+    # cos(k theta) is bounded by 1: s.d. <= 1 is a safe design value
+    n_angles = max(stats.min_num_samples(1.0, run.relative_discrepancy * abs(moments[k]), a, b,
+                                         kind="equivalent") for k in (1, 2))
+    theta = data.sample_angles((n_angles,), gen)
+    for k in (1, 2):
+        m, se = stats.mean_se(torch.cos(k * theta).cpu().numpy())
+        tests.append(stats.equivalent(
+            f"E cos({k} theta) of the sampled angle law vs its Bessel closed form", float(m),
+            float(se), float(moments[k]),
+            margin=stats.relative_margin(moments[k], run.relative_discrepancy),
+            note=f"{n_angles} draws"))
+    noise_free = replace(data, input_noise=0.0)
+    for s in misaligned:
+        # the claim is about the misalignment, so the margin is relative to 1 - exp(-sigma^2/2)
+        margin = run.relative_discrepancy * (1 - input_pair_cosine(s))
+        # cos(sigma Z) is skewed (a long lower tail): its s.d. estimate scatters more than a
+        # normal's, so the design adds 20 % to the exact s.d.
+        n = stats.min_num_samples(1.2 * input_pair_cosine_sd(s), margin, a, b, kind="equivalent")
+        x1, x2 = clip_toy.sample_pairs(noise_free, run.tensor([s]), n, gen)
+        m, se = stats.mean_se((x1 * x2).sum(-1)[0].cpu().numpy())
+        tests.append(stats.equivalent(
+            f"sigma {s}: E cos(theta2 - theta) of the sampled pairs vs exp(-sigma^2/2)", float(m),
+            float(se), input_pair_cosine(s), margin=margin,
+            note=(f"{n} pairs; margin {run.relative_discrepancy:.0%} of 1 - exp(-sigma^2/2), the "
+                  "misalignment itself")))
+    return tests
+
+
+@trend_claim.check(
+    "trend test's permutation p-value equals exact enumeration",
+    settings=st.just(0),
+    examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
+)
+def trend_test_exactness(run):
+    gen = run.generator(0)
+    sizes = (2, 2, 3)  # 210 distinct labellings: enumerable
+    draws = torch.randn(sum(sizes), generator=gen, dtype=torch.float64, device=run.device).cpu().numpy()
+    shift = np.repeat(np.arange(len(sizes)), sizes) * 0.5
+    values = np.round(draws + shift, 3)
+    groups = np.split(values, np.cumsum(sizes)[:-1])
+    j_exact, p_exact = rank_design.jt_exact(groups)
+    decisions = 2
+    margin = stats.relative_margin(p_exact, run.relative_discrepancy)
+    permutations = stats.min_num_samples(
+        math.sqrt(p_exact * (1 - p_exact)), margin, run.decision_false_fail_rate(decisions),
+        run.false_pass_rate, kind="equivalent")
+    jt = stats.jonckheere_terpstra(groups, permutations=permutations, seed=run.check_seed)
+    se = math.sqrt(p_exact * (1 - p_exact) / permutations)
+    run.record("exact_example", {"groups": [g.tolist() for g in groups], "J": j_exact,
+                                 "p_exact": p_exact, "p_permutation": jt.p_value,
+                                 "permutations": permutations})
+    return [
+        stats.within_precision("JT statistic vs brute-force count", jt.statistic, j_exact, 0.0),
+        stats.equivalent("JT permutation p-value vs exact enumeration", jt.p_value, se, p_exact,
+                         margin=margin, note=f"{permutations} permutations"),
+    ]
 
 
 # === claims 3 and 4: identical initialisation, alignment ====================================
@@ -682,10 +926,11 @@ init_claim = Claim(
     ),
     statement=(
         "With both encoders started identical, the trained gap D_S still increases with sigma "
-        "(Jonckheere-Terpstra), is not above the estimator's null at sigma = 0, is above it for "
+        "(Jonckheere-Terpstra), is equivalent to the estimator's null at sigma = 0 (TOST, margin "
+        "10 % / 3 % of the inherited gap at sigma = 0.4), is above it for "
         f"sigma >= {GAP_SIGMA} (Mann-Whitney vs the null), and there every run keeps a held-out "
-        "mean cosine above the input pairs' own exp(-sigma^2/2) and top-1 retrieval among 256 "
-        "above chance."
+        "mean cosine above the input pairs' own exp(-sigma^2/2), and each sigma's top-1 "
+        "retrieval among 256 (mean over its runs) is above chance."
     ),
     assumptions=(
         "identical init gives q1 = q2 at step 0 only at sigma = 0: for sigma > 0 the "
@@ -707,52 +952,124 @@ def _circle_map_jacobian():
     )
 
 
+@init_claim.obligation("Var cos(sigma Z) = (1 + exp(-2 sigma^2))/2 - exp(-sigma^2), the alignment design")
+def _cosine_variance():
+    x = sympy.symbols("x", real=True)
+    s = sympy.symbols("sigma", positive=True)
+    gauss = sympy.exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
+    second = sympy.Integral(sympy.cos(s * x) ** 2 * gauss, (x, -sympy.oo, sympy.oo))
+    return Derivation("E cos^2(sigma Z) = (1 + e^{-2 sigma^2})/2", second,
+                      (1 + sympy.exp(-2 * s**2)) / 2)
+
+
+#: decisions of the gap (trend, sigma = 0 vs null, sigma >= 0.4 vs null); one more per run at
+#: sigma >= GAP_SIGMA (cosine) and one per such sigma (top-1 pooled over its runs)
+GAP_DECISIONS = 3
+
+
+def _identical_design(run):
+    """Seeds per sigma, null replicates, held-out alignment pairs and the decision count of the
+    identical-init check, fixed before sampling (the seeds and the count depend on each other:
+    the smallest fixed point)."""
+    setting = run.settings[0]
+    gapped = sum(s >= GAP_SIGMA - 1e-9 for s in setting.sigmas)
+    seeds = run.pick(MIN_SEEDS_IDENTICAL)
+    while True:
+        decisions = GAP_DECISIONS + gapped * (seeds + 1)
+        need = _trend_seeds(run, decisions, MIN_SEEDS_IDENTICAL)
+        if need <= seeds:
+            break
+        seeds = need
+    margin = run.relative_discrepancy * _inherited_gap(setting, GAP_SIGMA, run.device)
+    # sigma = 0 vs null: se^2 = SIGMA0_SD^2/seeds + NULL_SD^2/R must resolve the margin
+    a = run.decision_false_fail_rate(decisions)
+    need = (margin / stats.min_discrepancy(1.0, a, run.false_pass_rate, kind="equivalent")) ** 2
+    room = need - SIGMA0_SD**2 / seeds
+    if room <= 0:
+        raise ValueError("the sigma = 0 comparison needs more seeds than the trend design")
+    replicates = max(math.ceil(NULL_SD**2 / room), _null_replicates(run, setting, 1))
+    pairs = _alignment_pairs(run, setting, decisions, seeds)
+    return seeds, replicates, margin, pairs, decisions
+
+
 @init_claim.check(
     "identical init: trend, null at sigma 0, above null and aligned for sigma >= 0.4",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
 )
 def identical_init(run):
     setting, subject = run.settings[0], run.subject
-    sweep = _sweep_for(run, subject, SEEDS_IDENTICAL, STEPS_IDENTICAL, trajectory=True)
-    null = _null_gaps(setting, run.pick(NULL_REPLICATES), run.seeds[0] + 1, subject.estimator,
-                      run.device)
+    seeds, replicates, margin, pairs, decisions = _identical_design(run)
+    sweep = _sweep_for(run, subject, seeds, STEPS_IDENTICAL, trajectory=True,
+                       alignment_pairs=pairs)
+    null = _null_gaps(setting, replicates, run.seeds[0] + 1, subject.estimator, run.device)
     final = sweep.gap[-1]
-    labels = _labels(run, subject, sweep.sigma)
-    trend = jonckheere_terpstra(final, labels)
-    at_zero = jonckheere_terpstra(
-        np.concatenate([null, final[labels == 0.0]]),
-        np.r_[np.zeros(null.size), np.ones((labels == 0.0).sum())],
-    )
+    labels = _labels(subject, sweep.sigma)
+    jt, trend = _trend_test("JT for D_S increasing in sigma", final, labels, run, decisions,
+                            run.check_seed, note=f"{seeds} seeds per sigma")
+    at_zero = final[np.isclose(labels, 0.0)]
+    m0, se0 = stats.mean_se(at_zero)
+    mn, sen = stats.mean_se(null)
     gapped = labels >= GAP_SIGMA - 1e-9
-    above = jonckheere_terpstra(
-        np.concatenate([null, final[gapped]]), np.r_[np.zeros(null.size), np.ones(gapped.sum())]
-    )
+    above = stats.mann_whitney(final[gapped], null)
+    power = rank_design.mw_power(int(gapped.sum()), null.size, ABOVE_NULL_PI, run.false_pass_rate)
     tests = [
-        stats.exceeds("JT z for D_S increasing in sigma", trend, 1.0, 0.0),
-        stats.at_most("Mann-Whitney z: sigma = 0 gaps vs the estimator's null", at_zero, 1.0, 0.0),
-        stats.exceeds(f"Mann-Whitney z: sigma >= {GAP_SIGMA} gaps vs the null", above, 1.0, 0.0),
+        trend,
+        stats.equivalent(
+            "mean D_S at sigma = 0 minus the null's mean", float(m0 - mn),
+            float(math.sqrt(se0**2 + sen**2)), 0.0, margin=margin,
+            note=(f"{at_zero.size} runs vs {null.size} null replicates; absolute margin "
+                  f"{margin:.3g} = {run.relative_discrepancy:.0%} of the inherited gap at sigma = "
+                  f"{GAP_SIGMA}: 'not above the null' means no gap of the size the claim calls "
+                  "a gap"),
+        ),
+        stats.demonstrate(
+            f"Mann-Whitney: sigma >= {GAP_SIGMA} gaps above the null", above.statistic,
+            above.p_value, power=power,
+            note=(f"{int(gapped.sum())} runs vs {null.size}; {above.method} p; designed effect "
+                  f"P(gap > null) = {ABOVE_NULL_PI}, power {power:.6f} (normal approximation)"),
+        ),
     ]
     cosine = sweep.shuffled_cosine if subject.shuffle_pairs else sweep.cosine
     top1 = sweep.shuffled_top1 if subject.shuffle_pairs else sweep.top1
-    for r in np.nonzero(gapped)[0]:
+    for r in np.nonzero(labels >= GAP_SIGMA - 1e-9)[0]:
         level = input_pair_cosine(labels[r])
+        effect = run.relative_discrepancy * (1 - level)
         tests.append(
             stats.exceeds(
                 f"run {r} (sigma {labels[r]}): held-out cosine > exp(-sigma^2/2)",
                 cosine[r],
                 sweep.cosine_se[r],
                 level,
+                effect=effect,
+                note=(f"{sweep.alignment_pairs} pairs; designed effect {effect:.3g} = "
+                      f"{run.relative_discrepancy:.0%} of the alignment the misalignment costs "
+                      "(1 - exp(-sigma^2/2))"),
             )
         )
+    for level_sigma in SIGMAS:
+        if level_sigma < GAP_SIGMA - 1e-9:
+            continue
+        sel = np.isclose(labels, level_sigma)
+        pooled = float(top1[sel].mean())
+        pooled_se = float(np.sqrt((sweep.top1_se[sel] ** 2).sum()) / sel.sum())
         tests.append(
             stats.exceeds(
-                f"run {r} (sigma {labels[r]}): top-1 of 256 above chance",
-                top1[r],
-                sweep.top1_se[r],
+                f"sigma {level_sigma}: top-1 of 256 above chance (mean over {int(sel.sum())} runs)",
+                pooled,
+                pooled_se,
                 CHANCE_TOP1,
+                effect=CHANCE_TOP1,
+                note=(f"{sweep.alignment_pairs} pairs per run; designed effect: twice chance "
+                      f"(1/128); s.e. planned at a top-1 rate of {TOP1_DESIGN_P}"),
             )
         )
+    run.record(
+        "alignment_per_sigma",
+        _per_sigma_table(sweep.sigma, {"paired cosine": cosine, "top-1 of 256": top1}),
+    )
+    run.record("alignment_pairs", sweep.alignment_pairs)
     steps = list(sweep.steps)
     run.record(
         "per_sigma",
@@ -762,8 +1079,6 @@ def identical_init(run):
                 "D_S final": final,
                 "D_S at step 0 (inherited)": sweep.gap[0],
                 "Jeffreys (histogram)": sweep.jeffreys_histogram,
-                "paired cosine": cosine,
-                "top-1 of 256": top1,
             },
         ),
     )
@@ -773,9 +1088,12 @@ def identical_init(run):
     )
     run.record(
         "null",
-        {"mean": float(null.mean()), "sd": float(null.std(ddof=1)), "max": float(null.max())},
+        {"mean": float(null.mean()), "sd": float(null.std(ddof=1)), "max": float(null.max()),
+         "replicates": int(null.size)},
     )
-    run.record("z", {"trend": trend, "sigma0_vs_null": at_zero, "gapped_vs_null": above})
+    run.record("rank_tests", {"trend_z": jt.z, "trend_p": jt.p_value, "gapped_vs_null_z": above.z,
+                              "gapped_vs_null_p": above.p_value, "seeds_per_sigma": seeds,
+                              "decisions": decisions})
     run.figure(
         "gap trajectories from identical encoders (median over seeds)",
         [
@@ -814,9 +1132,11 @@ population_claim = Claim(
     reference="Fig. 5 with Thm 4.1 (large-batch limit J_mm)",
     statement=(
         "Optimising the deterministic J_mm (quadrature over the angle law, no minibatch noise) "
-        "for the same encoders, the optimum's gap increases with sigma: exactly (quadrature) and "
-        "by the estimator on held-out samples (Jonckheere-Terpstra); for sigma >= 0.4 it exceeds "
-        "the smallest gap linear encoders can reach (the -D_S term keeps a gap)."
+        "for the same encoders (the trainer's J_mm equals a direct quadrature), the optimum's "
+        "gap increases with sigma: exactly (quadrature, "
+        "every increment above the quadrature error bound) and by the estimator on held-out "
+        "samples (Jonckheere-Terpstra); for sigma >= 0.4 it exceeds the smallest gap linear "
+        "encoders can reach (the -D_S term keeps a gap)."
     ),
     assumptions=(
         "no input noise at population level (the angle law only)",
@@ -841,8 +1161,8 @@ def _wrapped_normal_mode():
 
 
 POPULATION = Profiled(
-    quick=dict(points=256, steps=300, replicates=5, pairs=4000, min_steps=100),
-    full=dict(points=512, steps=1000, replicates=10, pairs=8000, min_steps=400),
+    quick=dict(points=256, steps=300, pairs=4000, min_steps=100),
+    full=dict(points=512, steps=1000, pairs=8000, min_steps=400),
 )
 
 
@@ -883,10 +1203,15 @@ def _population(setting: Fig5Setting, points: int, steps: int, min_steps: int, s
     return final, value.cpu().numpy(), exact[8192], smallest[8192], precision
 
 
+#: smallest quadrature error bound used (the grids agree to rounding for smooth densities)
+QUADRATURE_FLOOR = 1e-12
+
+
 @population_claim.check(
     "J_mm optimum: gap increases with sigma",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
 )
 def population_trend(run):
     setting, subject, cfg = run.settings[0], run.subject, run.pick(POPULATION)
@@ -894,8 +1219,11 @@ def population_trend(run):
         setting, cfg["points"], cfg["steps"], cfg["min_steps"], run.seeds[0], run.device
     )
     sigma = np.asarray(setting.sigmas)
+    gapped = [i for i, s in enumerate(setting.sigmas) if s >= GAP_SIGMA - 1e-9]
+    decisions = 1 + (len(sigma) - 1) + len(gapped)
+    # estimator replicates per sigma: the JT design (they add only estimator noise)
+    reps = _trend_seeds(run, decisions, Profiled(quick=2, full=2))
     gen = run.generator(0)
-    reps = cfg["replicates"]
     rep_sigma = run.tensor(setting.sigmas).repeat(reps)
     noise_free = replace(setting.data(), input_noise=0.0)
     x1, x2 = clip_toy.sample_pairs(noise_free, rep_sigma, cfg["pairs"], gen)
@@ -903,11 +1231,14 @@ def population_trend(run):
     estimate = subject.estimator.divergences(
         clip_toy.embedding_angles(w[0], x1), clip_toy.embedding_angles(w[1], x2), paired=True
     )[0].cpu().numpy()
-    rep_sigma = rep_sigma.cpu().numpy()
-    labels = _labels(run, subject, rep_sigma)
-    z = jonckheere_terpstra(estimate, labels)
-    order = np.argsort(_labels(run, subject, sigma), kind="stable")
+    labels_raw = rep_sigma.cpu().numpy()
+    labels = _labels(subject, labels_raw)
+    jt, trend = _trend_test("JT of the estimated gap at the J_mm optimum", estimate, labels, run,
+                            decisions, run.check_seed, note=f"{reps} estimator replicates per sigma")
+    label_of = _labels(subject, sigma)
+    order = np.argsort(label_of, kind="stable")
     increments = np.diff(exact[order])
+    bound = np.maximum(precision, QUADRATURE_FLOOR)
     run.record(
         "population",
         {
@@ -916,38 +1247,106 @@ def population_trend(run):
             "D_S_exact": exact.tolist(),
             "D_S_smallest_reachable_by_linear_encoders": smallest.tolist(),
             "quadrature_error_bound": precision.tolist(),
-            "D_S_estimator_mean": [float(estimate[rep_sigma == s].mean()) for s in sigma],
+            "D_S_estimator_mean": [float(estimate[labels_raw == s].mean()) for s in sigma],
             "condition": torch.linalg.cond(weights).amax(0).tolist(),
+            "jt_z": jt.z,
+            "replicates": reps,
         },
     )
-    return [
-        stats.exceeds("JT z of the estimated gap at the J_mm optimum", z, 1.0, 0.0),
-        # Deterministic numbers: their only uncertainty is the quadrature error, bounded by the
-        # change under grid refinement; the smallest step must exceed it.
-        stats.exceeds(
-            "smallest increment of the exact D_S between consecutive sigmas",
-            float(increments.min()),
-            float(precision.max() + 1e-15),
-            0.0,
-        ),
-        # The -D_S term rewards a gap (Prop 4.1): for sigma >= GAP_SIGMA the optimum keeps more
-        # gap than the encoders need (the search from the optimum's own map goes lower).
-        *[
-            stats.exceeds(
-                f"sigma {s}: D_S at the J_mm optimum - smallest reachable D_S",
-                float(exact[i] - smallest[i]),
-                float(precision[i] + 1e-15),
-                0.0,
-            )
-            for i, s in enumerate(setting.sigmas)
-            if s >= GAP_SIGMA - 1e-9
-        ],
-    ]
+    deterministic = ("deterministic (quadrature of the trained maps): standard error 0; the bound "
+                     "is the quadrature error bound (change under grid refinement)")
+    tests = [trend]
+    # Deterministic numbers: their only uncertainty is the quadrature error, bounded by the
+    # change under grid refinement; each step must exceed it.
+    for k, inc in enumerate(increments):
+        lo, hi = label_of[order[k]], label_of[order[k + 1]]
+        err = float(bound[order[k]] + bound[order[k + 1]])
+        tests.append(stats.exceeds(
+            f"exact D_S increment from sigma {lo} to {hi}", float(inc), 0.0, err, effect=err,
+            note=deterministic))
+    # The -D_S term rewards a gap (Prop 4.1): for sigma >= GAP_SIGMA the optimum keeps more
+    # gap than the encoders need (the search from the optimum's own map goes lower).
+    for i in gapped:
+        err = float(bound[i])
+        tests.append(stats.exceeds(
+            f"sigma {setting.sigmas[i]}: D_S at the J_mm optimum - smallest reachable D_S",
+            float(exact[i] - smallest[i]), 0.0, err, effect=err, note=deterministic))
+    return tests
+
+
+def _population_objective(data: clip_toy.ToyData, sigma: torch.Tensor, weights: torch.Tensor,
+                          points: int, tau: float) -> torch.Tensor:
+    """J_mm (Thm 4.1) at ``weights [2, R, 2, 2]`` on the ``points`` grid, written directly: the data
+    law's closed-form density, the wrapped-normal coupling as an explicit kernel matrix (a
+    Riemann sum of the normal density over 11 windings), every kernel value exp(kappa(<z, w> - 1))
+    formed. The oracle for the trainer's Fourier-expanded, FFT-coupled evaluation."""
+    like = {"dtype": torch.float64, "device": weights.device}
+    theta = torch.arange(points, **like) * (2 * math.pi / points)
+    a = data.density(theta) / points  # [N]
+    diff = torch.remainder(theta[:, None] - theta[None, :] + math.pi, 2 * math.pi) - math.pi
+    winds = 2 * math.pi * torch.arange(-5, 6, **like)
+    values = []
+    x = torch.stack([theta.cos(), theta.sin()], -1)
+    kappa = 1.0 / tau
+    for r, s in enumerate(sigma.tolist()):
+        if s == 0.0:
+            w = torch.eye(points, **like)
+        else:
+            u = (diff[..., None] + winds) / s
+            w = (torch.exp(-0.5 * u**2).sum(-1) / (s * math.sqrt(2 * math.pi))) * (2 * math.pi / points)
+        b = w @ a  # law of theta + sigma N on the grid
+        coupling = a[:, None] * w  # P_ij = a_i w(theta_i - theta_j)
+        z1 = x @ weights[0, r].T
+        z2 = x @ weights[1, r].T
+        z1 = z1 / z1.norm(dim=-1, keepdim=True)
+        z2 = z2 / z2.norm(dim=-1, keepdim=True)
+        cos = z1 @ z2.T
+        k = torch.exp(kappa * (cos - 1))
+        values.append(-kappa * (coupling * cos).sum()
+                      + 0.5 * (a * torch.log(k @ b)).sum() + 0.5 * (b * torch.log(a @ k)).sum())
+    return torch.stack(values)
+
+
+#: relative budget of the trainer's J_mm against the direct quadrature (stated tolerance: the
+#: expansion's truncation, 1e-10 of the largest kernel value, amplified by 1/r_i; float64).
+POPULATION_VALUE_PRECISION = 1e-6
+
+
+@population_claim.check(
+    "J_mm as the population trainer evaluates it equals a direct quadrature",
+    settings=st.just(AUTHORS),
+    examples=Profiled(quick=1, full=1),
+    min_applicable=Profiled(quick=1, full=1),
+)
+def population_objective(run):
+    setting, cfg = run.settings[0], run.pick(POPULATION)
+    data = replace(setting.data(), input_noise=0.0)
+    sigma = run.tensor(setting.sigmas)
+    gen = run.generator(0)
+    starts = clip_toy.initial_weights(sigma.numel(), gen)  # independent encoders: P != identity
+    optimum = _population(setting, cfg["points"], cfg["steps"], cfg["min_steps"], run.seeds[0],
+                          run.device)[0]
+    tests, record = [], {}
+    for label, weights in (("random maps", starts), ("the J_mm optimum", optimum)):
+        # one trainer step returns J_mm at the weights it started from
+        _, value = clip_toy.train_population(data, sigma, weights, steps=1,
+                                             grid=clip_toy.PopulationGrid(points=cfg["points"]),
+                                             tau=setting.tau, lr=setting.lr)
+        direct = _population_objective(data, sigma, weights, cfg["points"], setting.tau)
+        err = ((value - direct).abs() / direct.abs().clamp(min=1.0)).max().item()
+        record[label] = {"trainer": value.tolist(), "direct": direct.tolist(), "relative_error": err}
+        tests.append(stats.within_precision(
+            f"{label}: max error of the trainer's J_mm relative to max(|J|, 1)", err, 0.0,
+            POPULATION_VALUE_PRECISION,
+            note=f"{len(setting.sigmas)} sigmas, {cfg['points']} grid points; stated tolerance"))
+    run.record("objective", record)
+    return tests
 
 
 population_claim.control(
-    "sigma labels permuted",
+    "sigma labels mirrored",
     check=population_trend,
-    mutant=replace(Fig5Experiment(init="identical"), permute_labels=True),
-    description="shuffled sigma labels: neither the estimate nor the exact gap increases",
+    mutant=replace(Fig5Experiment(init="identical"), reverse_labels=True),
+    description="every optimum filed under 0.7 - sigma: neither the estimate nor the exact gap "
+                "increases in the label",
 )

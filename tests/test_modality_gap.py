@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from cgeom_verify import stats
 from cgeom_verify.kernels import angular_divergence as ad
-from cgeom_verify.kernels import clip_toy, infonce, vmf
-from claims.modality_gap import jonckheere_terpstra
+from cgeom_verify.kernels import clip_toy, infonce, rank_design, vmf
+from claims import modality_gap as mg
 
 
 @pytest.fixture
@@ -219,21 +220,103 @@ def test_population_gradient_matches_finite_differences(gen):
             )
 
 
-# --- trend statistic ----------------------------------------------------------------------
+# --- trend statistic and its design ----------------------------------------------------------
 
 
-def test_jonckheere_terpstra_limits():
-    groups = np.repeat(np.arange(4), 5)
-    assert jonckheere_terpstra(np.arange(20.0), groups) > 4
-    assert jonckheere_terpstra(-np.arange(20.0), groups) < -4
-    assert jonckheere_terpstra(np.zeros(20), groups) == 0.0
+def test_jt_of_stats_matches_exact_enumeration():
+    """The function the claims use (stats.jonckheere_terpstra) against brute-force enumeration."""
+    groups = [np.array([0.3, -0.2]), np.array([0.9, 0.1]), np.array([1.4, 0.2, 0.8])]
+    j, p = rank_design.jt_exact(groups)
+    jt = stats.jonckheere_terpstra(groups, permutations=40000, seed=1)
+    assert jt.statistic == j
+    assert abs(jt.p_value - p) < 5 * math.sqrt(p * (1 - p) / 40000)
 
 
-def test_jonckheere_terpstra_null_is_standard_normal():
+def test_jt_null_moments_match_enumeration():
+    groups = [np.array([1.0, 5.0]), np.array([2.0, 3.0]), np.array([4.0, 0.5, 6.0])]
+    values = np.concatenate(groups)
+    labels = [0, 0, 1, 1, 2, 2, 2]
+    import itertools
+
+    counts = [rank_design._jt_count(values, lab) for lab in set(itertools.permutations(labels))]
+    mean, sd = rank_design.jt_null_moments([2, 2, 3])
+    assert np.mean(counts) == pytest.approx(mean, rel=1e-12)
+    assert np.std(counts) == pytest.approx(sd, rel=1e-12)
+
+
+def test_jt_power_design_is_conservative_under_a_location_shift():
+    """Simulated power at the designed pairwise probability is at least the normal design's."""
     rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(8), 6)
-    z = np.array([jonckheere_terpstra(rng.normal(size=48), groups) for _ in range(400)])
-    assert abs(z.mean()) < 0.2 and abs(z.std() - 1) < 0.12
+    n, groups, pi = 4, 8, 0.75
+    # location shift delta per group step chosen so the *average* pairwise probability is pi
+    from scipy import optimize
+    from scipy import stats as ss
+
+    steps = np.array([h - g for g in range(groups) for h in range(g + 1, groups)])
+    delta = optimize.brentq(lambda d: ss.norm.cdf(d * steps / math.sqrt(2)).mean() - pi, 0, 5)
+    labels = np.repeat(np.arange(groups), n)
+    x = rng.normal(size=(4000, groups * n)) + delta * labels
+    later = labels[:, None] < labels[None, :]
+    j = ((x[:, :, None] < x[:, None, :]) & later).sum((1, 2))
+    mean0, sd0 = rank_design.jt_null_moments([n] * groups)
+    assert j.std() < sd0  # the alternative's variance is below the null's
+    simulated = (j > mean0 + ss.norm.ppf(0.95) * sd0).mean()
+    assert simulated >= rank_design.jt_power([n] * groups, pi, 0.05) - 0.02
+
+
+def test_jt_group_size_reaches_the_power():
+    n = rank_design.jt_group_size(8, 0.75, 1 - 1e-4, 0.05)
+    assert rank_design.jt_power([n] * 8, 0.75, 0.05) >= 1 - 1e-4
+    assert rank_design.jt_power([n - 1] * 8, 0.75, 0.05) < 1 - 1e-4
+
+
+def test_mirrored_labels_reverse_the_order():
+    sigma = np.repeat(np.array(mg.SIGMAS), 2)
+    mirrored = mg._labels(mg.Fig5Experiment(reverse_labels=True), sigma)
+    assert np.allclose(mirrored, 0.7 - sigma)
+
+
+# --- the independent smoothed oracle --------------------------------------------------------
+
+
+def test_quadrature_smoothed_target_matches_the_grid_code():
+    for args in ((0.0, 6.0, 0.25, 6.0, 78.0), (0.0, 12.0, 0.3, 15.4, 211.0), (0.0, 1.0, 0.8, 0.8, 8.0)):
+        quad = ad.smoothed_vm_divergence_quad(*args)
+        grid = ad.smoothed_vm_divergence(*args)
+        assert quad[0] == pytest.approx(float(grid[0]), rel=1e-9)
+        assert quad[1] == pytest.approx(float(grid[1]), rel=1e-9)
+
+
+def test_convolved_density_is_a_probability_density():
+    t = np.arange(8192) * (2 * math.pi / 8192)
+    f = ad.vm_convolved_density(t, 0.4, 5.0, 50.0)
+    assert f.mean() == pytest.approx(1.0, rel=1e-12)
+
+
+def test_oracle_concentration_grows_with_n_and_kappa():
+    assert ad.vm_oracle_concentration(6.0, 4000) > ad.vm_oracle_concentration(6.0, 1000)
+    assert ad.vm_oracle_concentration(12.0, 1000) > ad.vm_oracle_concentration(6.0, 1000)
+
+
+def test_influence_sd_predicts_the_estimator_spread():
+    rng = np.random.default_rng(2)
+    k1, k2, d, n = 4.0, 4.5, 0.5, 1000
+    x = torch.as_tensor(rng.vonmises(0.0, k1, (200, n)))
+    y = torch.as_tensor(rng.vonmises(d, k2, (200, n)))
+    est = ad.vm_kde_divergence(x, y, concentration=ad.vm_oracle_concentration(k2, n))
+    sd, _ = ad.vm_influence_sd(0.0, k1, d, k2, n, n)
+    assert 0.7 < est.ds.numpy().std() / sd < mg.INFLUENCE_INFLATION
+
+
+def test_clip_loss_oracle_is_infonce(gen):
+    data = clip_toy.ToyData()
+    sigma = torch.tensor([0.2, 0.5], dtype=torch.float64)
+    w = clip_toy.initial_weights(2, gen)
+    x1, x2 = clip_toy.sample_pairs(data, sigma, 32, gen)
+    ours = mg._clip_loss_autograd(w[0], w[1], x1, x2, 0.07)
+    z1, z2 = clip_toy.embed(w[0], x1), clip_toy.embed(w[1], x2)
+    theirs = infonce.symmetric_infonce(z1, z2, z1, z2, 0.07, include_positive=False).mean(-1)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_batched_adam_matches_torch_adam():
@@ -269,3 +352,22 @@ def test_smallest_gap_search_only_lowers_the_gap(gen):
     found = clip_toy.smallest_gap(data, sigma, start, steps=60)
     assert torch.all(gap(found) < gap(start))
     assert gap(found)[0] < 1e-3 * gap(start)[0]  # sigma = 0: the identity map closes the gap
+
+
+def test_floor_bound_holds_on_adversarial_inputs(gen):
+    bound = mg._floor_bound()
+    half = math.pi * torch.rand(2, 300, generator=gen, dtype=torch.float64)
+    est = ad.vm_kde_divergence(half, half + math.pi)
+    for t in (est.ds, est.kl_pq, est.ds_plugin):
+        assert torch.isfinite(t).all() and (t.abs() <= 3.01 * bound).all()
+    assert (est.kl_pq_plugin.abs() <= 1.01 * bound).all()
+
+
+def test_direct_population_objective_matches_the_trainer(gen):
+    data = clip_toy.ToyData(input_noise=0.0)
+    sigma = torch.tensor([0.0, 0.3, 0.6], dtype=torch.float64)
+    w = clip_toy.initial_weights(3, gen)
+    _, value = clip_toy.train_population(data, sigma, w, steps=1,
+                                         grid=clip_toy.PopulationGrid(points=128))
+    direct = mg._population_objective(data, sigma, w, 128, 0.07)
+    assert torch.allclose(value, direct, rtol=1e-10, atol=1e-10)

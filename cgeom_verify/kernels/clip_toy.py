@@ -14,8 +14,9 @@ so every kernel sum ``sum_j exp(kappa <z_i, w_j>) g_j`` is a trigonometric polyn
 degree K - 1 in phi_i whose coefficients are weighted moments of the w_j: O(B K) work per
 run instead of O(B^2). K is the smallest degree whose dropped tail is below ``tail`` times the
 largest kernel value (K = 28 at tau = 0.07 for the default 1e-10, far below any
-statistical effect of training); the tests compare the
-result with autograd through :func:`cgeom_verify.kernels.infonce.symmetric_infonce`.
+statistical effect of training); the certificate compares the
+result with autograd of a separately written CLIP loss (claim fig5-gap-grows-with-misalignment),
+the tests with autograd through :func:`cgeom_verify.kernels.infonce.symmetric_infonce`.
 
 The same weighted kernel sums give the gradient of the deterministic large-batch objective
 (Thm 4.1) ``J_mm = -(1/tau) sum P_ij <z_i, w_j> + (1/2) sum_i a_i log sum_j b_j k(z_i, w_j)
