@@ -311,13 +311,11 @@ def test_rules_exempt_code_outside_the_project():
 SHRINK = {
     "claims.modality_gap": {
         "STEPS_AUTHORS": Profiled(quick=12, full=12),
-        "SEEDS_AUTHORS": Profiled(quick=2, full=2),
         "STEPS_IDENTICAL": Profiled(quick=12, full=12),
-        "SEEDS_IDENTICAL": Profiled(quick=2, full=2),
-        "NULL_REPLICATES": Profiled(quick=8, full=8),
+        "GRADIENT_RUNS": Profiled(quick=4, full=4),
         "POPULATION": Profiled(
-            quick=dict(points=64, steps=8, replicates=2, pairs=512, min_steps=8),
-            full=dict(points=64, steps=8, replicates=2, pairs=512, min_steps=8),
+            quick=dict(points=64, steps=8, pairs=512, min_steps=8),
+            full=dict(points=64, steps=8, pairs=512, min_steps=8),
         ),
     },
     "claims.particle_reproduction": {

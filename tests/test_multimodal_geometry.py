@@ -197,12 +197,3 @@ def test_projected_gradient_descends_a_concave_function_to_a_vertex():
     end = floored_simplex.projected_gradient(gradient, start, weights, 0.1, 12.0, 30)
     assert torch.all(energy(end) <= energy(start))
     assert torch.all((end > 0.1 + 1e-9).sum(-1) == 1)
-
-
-def test_resolved_inequality_is_a_precision_test():
-    from claims import multimodal_geometry as mg
-
-    assert mg._resolved_test("x", 1.0, 0.5, 0, "").decide(1e-3).passed
-    assert not mg._resolved_test("x", 0.4, 0.5, 0, "").decide(1e-3).passed
-    assert not mg._resolved_test("x", -1.0, 0.5, 0, "").decide(1e-3).passed
-    assert mg._resolved_test("x", 1.0, 0.5, 0, "").kind == "bound"

@@ -112,6 +112,13 @@ def test_bound_kind_is_deterministic_and_non_finite_inputs_fail():
         stats.at_most("x", 0.0, 1.0, 0.0, discrepancy=0.0)
 
 
+def test_exceeds_precision_resolves_an_inequality_above_its_bound():
+    assert stats.exceeds_precision("x", 1.0, 0.5, example=0).decide(1e-3).passed
+    assert not stats.exceeds_precision("x", 0.4, 0.5).decide(1e-3).passed
+    assert not stats.exceeds_precision("x", -1.0, 0.5).decide(1e-3).passed
+    assert stats.exceeds_precision("x", 1.0, 0.5).kind == "bound"
+
+
 def test_demonstrate_passes_on_the_p_value_at_the_false_pass_rate():
     assert stats.demonstrate("d", 1.0, 0.01, power=0.9999).decide(1e-3, 0.05).passed
     assert stats.demonstrate("d", 1.0, 0.2, power=0.9999).decide(1e-3, 0.05).outcome == "FAIL"
