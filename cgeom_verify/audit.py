@@ -834,20 +834,13 @@ def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained mode
         run.record("alignment", s)
         return alignment_tests(s)
 
-    if spec.kind == "random":
-        align.control(
-            "each text replaced by its image",
-            check=align_check,
-            mutant=replace(src, mutation="text-is-image"),
-            description="perfect alignment: 'at chance' must be rejected",
-        )
-    else:
-        align.control(
-            "random rotation of the text embeddings",
-            check=align_check,
-            mutant=replace(src, mutation="rotate-text"),
-            description="a Haar rotation of one modality destroys the alignment",
-        )
+    name, mutation, why = (
+        ("each text replaced by its image", "text-is-image",
+         "perfect alignment: 'at chance' must be rejected")
+        if spec.kind == "random" else
+        ("random rotation of the text embeddings", "rotate-text",
+         "a Haar rotation of one modality destroys the alignment"))
+    align.control(name, check=align_check, mutant=replace(src, mutation=mutation), description=why)
     claims["alignment"] = align
 
     # 4 -------------------------------------------------------------------------------------

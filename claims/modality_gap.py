@@ -489,7 +489,6 @@ CALIBRATION_EXAMPLES = Profiled(quick=2, full=6)
     "S1 KDE at the design bandwidth agrees with the independently computed smoothed divergence",
     settings=_vm_pairs(),
     examples=CALIBRATION_EXAMPLES,
-    min_applicable=CALIBRATION_EXAMPLES,  # every drawn law lies inside the assumptions by design
 )
 def s1_calibration(run):
     tests, table = [], []
@@ -555,7 +554,6 @@ def _von_mises(shape, mean: float, kappa: float, gen: torch.Generator) -> torch.
     "null distribution at the toy law centred at 0 (n = 8000)",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def null_distribution(run):
     setting = run.settings[0]
@@ -605,7 +603,6 @@ def _floor_bound(grid: int = ad.GRID) -> float:
     "exact identities and the floor's bound on degenerate inputs",
     settings=st.just(0),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def degenerate_inputs(run):
     gen = run.generator(0)
@@ -678,7 +675,6 @@ trend_claim = Claim(
     "D_S increases with sigma (Jonckheere-Terpstra)",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def authors_trend(run):
     seeds = _trend_seeds(run, 1, MIN_SEEDS_AUTHORS, AUTHORS_TREND_PI)
@@ -782,7 +778,6 @@ EXPANSION_TAIL = 1e-10
     "Fourier-expanded CLIP gradient equals autograd of the CLIP loss",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def expansion_gradient(run):
     setting = run.settings[0]
@@ -845,7 +840,6 @@ trend_claim.control(
     "the toy's samplers: angle-law moments and the pairs' wrapped-normal misalignment",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def toy_samplers(run):
     """The inverse-CDF sampler against the law's closed-form Fourier moments (Bessel ratios), and
@@ -890,7 +884,6 @@ def toy_samplers(run):
     "trend test's permutation p-value equals exact enumeration",
     settings=st.just(0),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def trend_test_exactness(run):
     gen = run.generator(0)
@@ -996,7 +989,6 @@ def _identical_design(run):
     "identical init: trend, null at sigma 0, above null and aligned for sigma >= 0.4",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def identical_init(run):
     setting, subject = run.settings[0], run.subject
@@ -1211,7 +1203,6 @@ QUADRATURE_FLOOR = 1e-12
     "J_mm optimum: gap increases with sigma",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def population_trend(run):
     setting, subject, cfg = run.settings[0], run.subject, run.pick(POPULATION)
@@ -1316,7 +1307,6 @@ POPULATION_VALUE_PRECISION = 1e-6
     "J_mm as the population trainer evaluates it equals a direct quadrature",
     settings=st.just(AUTHORS),
     examples=Profiled(quick=1, full=1),
-    min_applicable=Profiled(quick=1, full=1),
 )
 def population_objective(run):
     setting, cfg = run.settings[0], run.pick(POPULATION)

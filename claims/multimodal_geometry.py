@@ -211,7 +211,6 @@ def decomposition_integrands():
                        floor=st.floats(0.01, 0.9)),
     examples=Profiled(quick=4, full=16),
     # N/A floor: every setting must be applicable (the floors are > 0 by design)
-    min_applicable=Profiled(quick=4, full=16),
 )
 def decomposition_on_grids(run):
     batch = run.pick(Profiled(64, 256))
@@ -340,7 +339,6 @@ def heat_kernel_expansion():
                        kappa_max=st.floats(1.0, 12.0)),
     examples=Profiled(quick=3, full=12),
     # N/A floor: every setting must be applicable (the floors are > 0 by design)
-    min_applicable=Profiled(quick=3, full=12),
 )
 def sharpening_limit(run):
     batch = run.pick(Profiled(8, 32))
@@ -544,7 +542,6 @@ def coupling_derivations():
     settings=st.builds(CouplingFamily, kappa=st.floats(0.5, 12.0), tau=st.floats(0.05, 1.0)),
     examples=Profiled(quick=3, full=12),
     # N/A floor: every setting must be applicable (the floors are > 0 by design)
-    min_applicable=Profiled(quick=3, full=12),
 )
 def couplings_separated(run):
     batch = run.pick(Profiled(8, 32))
@@ -809,7 +806,6 @@ def concavity_derivations():
     settings=_floored_settings(0.8),
     examples=Profiled(quick=4, full=16),
     # N/A floor: every setting must be applicable (the floors are > 0 by design)
-    min_applicable=Profiled(quick=4, full=16),
 )
 def concavity_gap(run):
     count = run.pick(Profiled(512, 4096))
@@ -882,7 +878,6 @@ def vertex_derivations():
     settings=_floored_settings(0.6),
     examples=Profiled(quick=4, full=16),
     # N/A floor: every setting must be applicable (the floors are > 0 by design)
-    min_applicable=Profiled(quick=4, full=16),
 )
 def vertex_minimum(run):
     random_count, starts = run.pick(Profiled(2048, 8192)), run.pick(Profiled(32, 128))

@@ -269,7 +269,7 @@ REPRODUCTION_TAUS = Profiled(quick=(10.0, 1.0, 0.1), full=AUTHORS_TAUS)
 
 
 @reproduction.check("reproduces the authors' cap masses", settings=st.just(Setting()),
-                    examples=Profiled(quick=1, full=1), min_applicable=Profiled(quick=1, full=1))
+                    examples=Profiled(quick=1, full=1))
 def reproduces_authors(run):
     design, taus = run.pick(REPRODUCTION_DESIGN), run.pick(REPRODUCTION_TAUS)
     compared = [tau for tau in taus if tau in AUTHORS_SEED0]
@@ -461,8 +461,7 @@ def _decision_count(run) -> int:
 
 
 @surrogate_bias.check("agreement iff h is small against the Gibbs width; bias grows with h",
-                      settings=st.just(Setting()), examples=Profiled(quick=1, full=1),
-                      min_applicable=Profiled(quick=1, full=1))
+                      settings=st.just(Setting()), examples=Profiled(quick=1, full=1))
 def surrogate_regime(run):
     design = run.pick(BIAS_DESIGN)
     rate = run.decision_false_fail_rate(_decision_count(run))  # fixed before training

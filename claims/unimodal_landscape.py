@@ -313,8 +313,7 @@ def convexity_gap_identity():
 
 
 @strict_convexity.check("convexity gap equals the KL mixture", settings=_landscape_settings(),
-                        examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+                        examples=Profiled(quick=3, full=12))
 def convexity_gap(run):
     energy: IntrinsicEnergy = run.subject
     pairs = run.pick(Profiled(quick=32, full=128))
@@ -400,8 +399,7 @@ def energy_excess():
 
 
 @gibbs_minimizer.check("energy excess equals KL to the claimed minimiser",
-                       settings=_landscape_settings(), examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+                       settings=_landscape_settings(), examples=Profiled(quick=3, full=12))
 def energy_excess_is_kl(run):
     energy: IntrinsicEnergy = run.subject
     densities = run.pick(Profiled(quick=32, full=128))
@@ -443,8 +441,7 @@ def energy_excess_is_kl(run):
     "mirror descent from many starts converges to the claimed minimiser",
     settings=st.builds(MirrorDescentSetting, landscape=_landscape_settings(),
                        step_size=st.floats(0.1, 0.9)),
-    examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+    examples=Profiled(quick=3, full=12))
 def mirror_descent_converges(run):
     energy: IntrinsicEnergy = run.subject
     starts = run.pick(Profiled(quick=24, full=64))
@@ -603,8 +600,7 @@ CONCENTRATION_TAUS = np.geomspace(2e-3, 20.0, 33)
 
 
 @concentration.check("sublevel masses are non-increasing in tau", settings=_potential_settings(),
-                     examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+                     examples=Profiled(quick=3, full=12))
 def sublevel_monotone(run):
     energy: IntrinsicEnergy = run.subject
     tau = run.tensor(CONCENTRATION_TAUS)
@@ -633,8 +629,7 @@ def sublevel_monotone(run):
 
 
 @concentration.check("tail mass below exp(-eps/(2 tau))/mu(A_eps/2) down to tau = 0.002",
-                     settings=_potential_settings(), examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+                     settings=_potential_settings(), examples=Profiled(quick=3, full=12))
 def tail_mass(run):
     energy: IntrinsicEnergy = run.subject
     tau = run.tensor(CONCENTRATION_TAUS)
@@ -803,8 +798,7 @@ S2_TAU_STEPS = 30.0 * 1.5 ** np.arange(6)
                  settings=st.builds(WellPairSetting, a_wide=st.floats(0.5, 2.0),
                                     ratio=st.floats(1.5, 4.0), colatitude=st.floats(0.0, math.pi),
                                     azimuth=st.floats(0.0, 2 * math.pi)),
-                 examples=Profiled(quick=3, full=12),
-    min_applicable=Profiled(quick=3, full=12))
+                 examples=Profiled(quick=3, full=12))
 def s2_tie_break(run):
     law: LaplaceTieBreak = run.subject
     tests = []
@@ -865,8 +859,7 @@ def _ratio_estimate(numerator, denominator):
 @tie_break.check("higher d Monte Carlo: mass ratio extrapolates to (a2/a1)^((d-1)/2)",
                  settings=st.builds(HighDimWellPairSetting, dim=st.integers(4, 24),
                                     a_wide=st.floats(0.5, 2.0), ratio=st.floats(2.0, 3.0)),
-                 examples=Profiled(quick=2, full=8),
-    min_applicable=Profiled(quick=2, full=8))
+                 examples=Profiled(quick=2, full=8))
 def mc_tie_break(run):
     law: LaplaceTieBreak = run.subject
     # Designed margin: the ratio within 10 % (quick) / 3 % (full), i.e. log(1 + rel) on the log

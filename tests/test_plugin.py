@@ -164,7 +164,9 @@ def test_bad_options_are_one_line_usage_errors(certify, option, message):
 
 
 def test_plugin_is_inert_for_ordinary_test_runs(pytester):
-    pytester.makepyfile(test_plain="def test_ok():\n    assert 1 + 1 == 2\n")
+    # an ordinary suite keeps its own outcomes (the failure stays a failure) and writes no certificate
+    pytester.makepyfile(test_plain="def test_ok():\n    assert 1 + 1 == 2\n\n"
+                                   "def test_broken():\n    assert 1 + 1 == 3\n")
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=1, failed=1)
     assert not (pytester.path / "reports").exists()

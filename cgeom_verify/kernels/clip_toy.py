@@ -245,13 +245,18 @@ class BatchedAdam:
         self.v = torch.zeros_like(param)
         self.t = 0
 
-    def step(self, grad: torch.Tensor) -> None:
+    def moments(self, grad: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Advance the moment estimates by ``grad``: Adam's denominator ``sqrt(v_hat) + eps`` and
+        the first moment's bias correction ``1 - beta1^t`` (the step is ``m / correction / denom``)."""
         b1, b2 = self.betas
         self.t += 1
         self.m.mul_(b1).add_(grad, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1**self.t))
+        return (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps), 1 - b1**self.t
+
+    def step(self, grad: torch.Tensor) -> None:
+        denom, correction = self.moments(grad)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / correction)
 
 
 def embed(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import partition, vmf
+from . import clip_toy, partition, vmf
 
 __all__ = [
     "bias_constant",
@@ -283,32 +283,24 @@ class Optimiser:
         return name + (f" wd {self.weight_decay:g}" if self.weight_decay else "")
 
 
-class BatchedOptimiser:
+class BatchedOptimiser(clip_toy.BatchedAdam):
     """SGD, Adam and AdamW on one weight tensor ``[2, R, 2, 2]``: per-run kind, rate and decay.
 
-    Adam's moments are kept for every run and used where the run's kind is Adam (elementwise,
-    so runs stay independent): ``w <- w - lr (step + wd w)``, step = Adam's ``m_hat/(sqrt(v_hat)
-    + eps)`` or the raw gradient.
+    Adam's moments (:class:`clip_toy.BatchedAdam`) are kept for every run and used where the
+    run's kind is Adam (elementwise, so runs stay independent): ``w <- w - lr (step + wd w)``,
+    step = Adam's ``m_hat/(sqrt(v_hat) + eps)`` or the raw gradient.
     """
 
     def __init__(self, param: torch.Tensor, optimisers, betas=(0.9, 0.999), eps: float = 1e-8):
         like = {"dtype": param.dtype, "device": param.device}
         shape = (1, -1, 1, 1)
-        self.param = param.clone()
+        super().__init__(param, torch.tensor([o.lr for o in optimisers], **like).view(shape), betas, eps)
         self.adam = torch.tensor([o.kind == "adam" for o in optimisers], device=param.device).view(shape)
-        self.lr = torch.tensor([o.lr for o in optimisers], **like).view(shape)
         self.decay = torch.tensor([o.weight_decay for o in optimisers], **like).view(shape)
-        self.betas, self.eps = betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = 0
 
     def step(self, grad: torch.Tensor) -> None:
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        adam = (self.m / (1 - b1**self.t)) / ((self.v / (1 - b2**self.t)).sqrt() + self.eps)
+        denom, correction = self.moments(grad)
+        adam = (self.m / correction) / denom
         update = torch.where(self.adam, adam, grad) + self.decay * self.param
         self.param = self.param - self.lr * update
 
