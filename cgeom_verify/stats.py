@@ -44,7 +44,8 @@ kind            theory says                  FAIL / PASS rule     rates
 
 Also here: Monte Carlo summaries (:func:`mean_se`, :func:`variance_se`,
 :func:`weighted_least_squares`, :func:`clopper_pearson`), exact and permutation rank
-tests (:func:`mann_whitney`, :func:`jonckheere_terpstra`) and budgets
+tests (:func:`mann_whitney`, :func:`jonckheere_terpstra`), their power at a designed pairwise
+ordering probability (:func:`jt_power`, :func:`jt_group_size`, :func:`mw_power`) and budgets
 (:func:`bonferroni_split`, :func:`holm`).
 """
 
@@ -78,6 +79,10 @@ __all__ = [
     "clopper_pearson",
     "mann_whitney",
     "jonckheere_terpstra",
+    "jt_null_moments",
+    "jt_power",
+    "jt_group_size",
+    "mw_power",
     "RankTest",
     "bonferroni_split",
     "holm",
@@ -429,6 +434,41 @@ def _jt_statistic(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (order * score).sum(axis=(-2, -1))
 
 
+def jt_null_moments(sizes: Sequence[int]) -> tuple[float, float]:
+    """Null mean and sd of the Jonckheere–Terpstra count for groups of these sizes (no ties)."""
+    n = np.asarray(sizes, dtype=np.float64)
+    total = n.sum()
+    mean = (total**2 - (n**2).sum()) / 4.0
+    var = (total**2 * (2 * total + 3) - (n**2 * (2 * n + 3)).sum()) / 72.0
+    return float(mean), float(math.sqrt(var))
+
+
+def jt_power(sizes: Sequence[int], pi: float, false_pass_rate: float) -> float:
+    """Power of the one-sided JT test at level ``false_pass_rate`` when every ordered pair of
+    groups is ordered with probability ``pi`` (normal approximation, null sd)."""
+    n = np.asarray(sizes, dtype=np.float64)
+    pairs = ((n.sum() ** 2) - (n**2).sum()) / 2.0  # sum_{g<h} n_g n_h
+    mean0, sd0 = jt_null_moments(sizes)
+    shift = (pairs * pi - mean0) / sd0
+    return float(_scipy_stats.norm.cdf(shift - _scipy_stats.norm.ppf(1.0 - false_pass_rate)))
+
+
+def jt_group_size(groups: int, pi: float, power: float, false_pass_rate: float,
+                  minimum: int = 2) -> int:
+    """Smallest common group size whose JT power at ``pi`` is at least ``power``."""
+    n = max(int(minimum), 2)
+    while jt_power([n] * groups, pi, false_pass_rate) < power:
+        n += 1
+        if n > 10_000:
+            raise ValueError(f"no group size reaches power {power} at pi = {pi}")
+    return n
+
+
+def mw_power(n_larger: int, n_smaller: int, pi: float, false_pass_rate: float) -> float:
+    """Power of the one-sided Mann–Whitney test when P(larger-group draw > other) = ``pi``."""
+    return jt_power([n_smaller, n_larger], pi, false_pass_rate)
+
+
 def jonckheere_terpstra(groups: Sequence[Sequence[float]], *, permutations: int = 20000,
                         seed: int = 0) -> RankTest:
     """One-sided Jonckheere–Terpstra test for a trend increasing with the group index.
@@ -448,11 +488,8 @@ def jonckheere_terpstra(groups: Sequence[Sequence[float]], *, permutations: int 
         shuffled = rng.permuted(np.broadcast_to(labels, (take, len(labels))), axis=1)
         count += int((_jt_statistic(values, shuffled) >= observed - 1e-9).sum())
         done += take
-    sizes = np.array([len(g) for g in groups], dtype=np.float64)
-    n = sizes.sum()
-    mean = (n**2 - (sizes**2).sum()) / 4.0
-    var = (n**2 * (2 * n + 3) - (sizes**2 * (2 * sizes + 3)).sum()) / 72.0
-    return RankTest(observed, float((observed - mean) / math.sqrt(var)), (count + 1) / (permutations + 1),
+    mean, sd = jt_null_moments([len(g) for g in groups])
+    return RankTest(observed, (observed - mean) / sd, (count + 1) / (permutations + 1),
                     "permutation")
 
 

@@ -44,7 +44,7 @@ authors' huge histogram values come from: our finite estimator gives them large 
 
 Design (issue 12): every sample size below is computed from the check's error rates before
 sampling: seeds per sigma from the Jonckheere–Terpstra power at the designed ordering
-probability (:mod:`cgeom_verify.kernels.rank_design`), replicates from a predicted s.d.
+probability (:func:`cgeom_verify.stats.jt_power`), replicates from a predicted s.d.
 (influence functions under the closed forms, or a stated pilot s.d.) through
 :func:`cgeom_verify.stats.min_num_samples`.
 """
@@ -178,7 +178,7 @@ STEPS_IDENTICAL = Profiled(quick=200, full=600)
 
 def _trend_seeds(run, decisions: int, minimum, pi: float = TREND_PI) -> int:
     """Seeds per sigma so the JT decision has power 1 - its false-fail rate at ordering ``pi``."""
-    return rank_design.jt_group_size(
+    return stats.jt_group_size(
         len(SIGMAS), pi, 1.0 - run.decision_false_fail_rate(decisions), run.false_pass_rate,
         minimum=run.pick(minimum),
     )
@@ -388,7 +388,7 @@ def _trend_test(name: str, values: np.ndarray, labels: np.ndarray, run, decision
     """JT (permutation null, stats.jonckheere_terpstra) and its designed power at ordering ``pi``."""
     groups = _groups(values, labels)
     jt = stats.jonckheere_terpstra(groups, seed=seed)
-    power = rank_design.jt_power([len(g) for g in groups], pi, run.false_pass_rate)
+    power = stats.jt_power([len(g) for g in groups], pi, run.false_pass_rate)
     return jt, stats.demonstrate(
         name, jt.statistic, jt.p_value, power=power,
         note=(f"{len(values)} runs; permutation p ({jt.method}); z = {jt.z:.2f}; designed "
@@ -1005,7 +1005,7 @@ def identical_init(run):
     mn, sen = stats.mean_se(null)
     gapped = labels >= GAP_SIGMA - 1e-9
     above = stats.mann_whitney(final[gapped], null)
-    power = rank_design.mw_power(int(gapped.sum()), null.size, ABOVE_NULL_PI, run.false_pass_rate)
+    power = stats.mw_power(int(gapped.sum()), null.size, ABOVE_NULL_PI, run.false_pass_rate)
     tests = [
         trend,
         stats.equivalent(
