@@ -158,10 +158,17 @@ def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
         return shrink > 0 and min_discrepancy(sigma / shrink / math.sqrt(n), false_fail_rate,
                                               false_pass_rate, kind=kind, df=df) <= discrepancy
 
-    while not resolves(n):  # grows by a tenth at a time, then settles on the smallest n
-        n = max(n + 1, math.ceil(1.1 * n))
-    while n > minimum and resolves(n - 1):
-        n -= 1
+    # resolves(n) is monotone in n: double until it holds, then bisect for the smallest n
+    # (a designed size can run to millions; stepping by one there took minutes).
+    low = n - 1  # resolves(low) is False or low < minimum
+    while not resolves(n):
+        low, n = n, 2 * n
+    while n - low > 1:
+        mid = (low + n) // 2
+        if mid >= minimum and resolves(mid):
+            n = mid
+        else:
+            low = mid
     return n
 
 

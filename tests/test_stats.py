@@ -34,6 +34,19 @@ def test_planner_inverts_the_detectable_discrepancy():
         assert stats.min_discrepancy(2.0 / math.sqrt(n - 1), 1e-3, 0.05, kind=kind) > 0.1
 
 
+def test_planner_finds_the_smallest_size_for_designs_of_millions():
+    # the guarded, t-quantile design of a heavy-tailed mutant: the smallest n that resolves
+    for sigma in (1.0, 40.0):
+        n = stats.min_num_samples(sigma, 0.01, 1e-4, 0.05, kind="equivalent", t_quantiles=True)
+
+        def resolves(m):
+            shrink = 1.0 - scipy_stats.norm.ppf(1 - 1e-4) / math.sqrt(2.0 * (m - 1))
+            return stats.min_discrepancy(sigma / shrink / math.sqrt(m), 1e-4, 0.05,
+                                         kind="equivalent", df=m - 1) <= 0.01
+
+        assert n > 100_000 and resolves(n) and not resolves(n - 1)
+
+
 def test_planned_sample_size_meets_the_design_with_an_estimated_standard_error():
     # planned so that the estimated s.e. exceeds the design with probability <= 1e-4
     n = stats.min_num_samples(SIGMA, 0.2, FF, FP, kind="equivalent")
