@@ -572,13 +572,15 @@ def shift_statistics(source: Source, design: Design, bootstrap: int, seed: int, 
 
 # --- the claim factory ------------------------------------------------------------------------
 
-KINDS = ("trained", "random", "audit")
+KINDS = ("trained", "random")
+RETRIEVALS = ("top1", "rank")
+OBJECTIVES = ("held", "closing-favoured")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How one model's §5 claims are stated: ``kind`` trained (alignment shown), random
-    (alignment at chance, by equivalence) or audit (a user's model: stated as trained);
+    """How one model's §5 claims are stated: ``kind`` trained (alignment shown) or random
+    (alignment at chance, by equivalence);
     ``retrieval`` "top1" (recall@1 above chance is claimed) or "rank" (only the true partner's
     rank is claimed above chance; recall@1 is recorded); ``objective`` "held" (closing the gap
     raises the loss and the trained gap is the minimum: Liang et al. at CLIP's tau = 0.01) or
@@ -598,8 +600,7 @@ class ModelSpec:
 def section5_claims(spec: ModelSpec, reference: str = "§5 (real pretrained models)") -> dict[str, Claim]:
     """The five §5 claims for one model (keys: gap, divergence, alignment, shuffle, objective),
     each with its check and negative controls."""
-    if (spec.kind not in KINDS or spec.retrieval not in ("top1", "rank")
-            or spec.objective not in ("held", "closing-favoured")):
+    if spec.kind not in KINDS or spec.retrieval not in RETRIEVALS or spec.objective not in OBJECTIVES:
         raise ValueError(f"bad model spec {spec}")
     d, src, title = spec.design, spec.source, spec.title
     device_of = lambda run: str(run.device)  # noqa: E731
@@ -1156,27 +1157,35 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
 # --- cgeom-verify audit ---------------------------------------------------------------------------
 
 
-def audit_specs(files, temperature: float) -> list[ModelSpec]:
-    """One :class:`ModelSpec` per file, keyed ``audit-<k>`` in the order given."""
+#: How ``cgeom-verify audit`` states the claims unless told otherwise: a trained model whose
+#: recall@1 is claimed and whose gap the objective holds (CLIP at its learned temperature).
+STATEMENT = {"kind": "trained", "retrieval": "top1", "objective": "held"}
+
+
+def audit_specs(files, temperature: float, statement: dict | None = None) -> list[ModelSpec]:
+    """One :class:`ModelSpec` per file, keyed ``audit-<k>`` in the order given, each stated as
+    ``statement`` says (keys of :data:`STATEMENT`; the theorem sheet's choices per model)."""
+    stated = {**STATEMENT, **(statement or {})}
     return [
         ModelSpec(
             f"audit-{k}",
             f"file {k} ({Path(f).name})",
             Source(location=str(f), label=f"audit-{k}", temperature=float(temperature)),
-            kind="audit",
-            retrieval="top1",
             note="the temperature given to the audit",
+            **stated,
         )
         for k, f in enumerate(files, 1)
     ]
 
 
-def run_audit(files, *, temperature: float, config, values: dict, workers: str) -> int:
+def run_audit(files, *, temperature: float, config, values: dict, workers: str,
+              statement: dict | None = None) -> int:
     """Validate every file (nothing is written before), certify them through the pytest plugin
     with :mod:`cgeom_verify._audit_claims` as the only provider, add the audit section.
 
     ``config`` is the validated :class:`~cgeom_verify.settings.RunConfig`; ``values`` the run
-    options as parsed (device, reports), handed on to the plugin with it."""
+    options as parsed (device, reports), handed on to the plugin with it; ``statement`` how the
+    claims are stated (:func:`audit_specs`)."""
     import json
     import os
     import subprocess
@@ -1203,10 +1212,11 @@ def run_audit(files, *, temperature: float, config, values: dict, workers: str) 
             {"path": location, "sha256": sha256(path), "pairs": int(data.shape[1]), "dim": int(data.shape[2])}
         )
         del data
-    for entry, spec in zip(entries, audit_specs(paths, temperature), strict=True):
+    stated = {**STATEMENT, **(statement or {})}
+    for entry, spec in zip(entries, audit_specs(paths, temperature, stated), strict=True):
         entry["claims"] = [c.id for c in section5_claims(spec).values()]
     env = dict(os.environ)
-    env[ENV] = json.dumps({"files": paths, "temperature": temperature})
+    env[ENV] = json.dumps({"files": paths, "temperature": temperature, "statement": stated})
     handed = {
         "profile": config.profile,
         "seed": str(config.master_seed),
@@ -1226,6 +1236,7 @@ def run_audit(files, *, temperature: float, config, values: dict, workers: str) 
     cert["audit"] = {
         "files": entries,
         "temperature": float(temperature),
+        "statement": stated,
         "trend": "audit-gap-trend" if len(files) > 1 else None,
     }
     report.write_reports(cert, Path(reports))

@@ -426,8 +426,11 @@ def audit_lines(cert: dict) -> list[str]:
     audit = cert.get("audit")
     if not audit:
         return []
+    stated = audit["statement"]
     out = [f"Audit of {len(audit['files'])} embedding file(s) at temperature {audit['temperature']:g}"
-           + (f"; trend across them: `{audit['trend']}`." if audit["trend"] else ".")]
+           + (f"; trend across them: `{audit['trend']}`." if audit["trend"] else "."),
+           f"Stated as: {stated['kind']} model, retrieval claimed as {stated['retrieval']}, "
+           f"gap {stated['objective']} by the objective."]
     for k, f in enumerate(audit["files"], 1):
         out.append(f"{k}. `{f['path']}` ({f['pairs']} pairs x {f['dim']} dims, sha256 {f['sha256'][:12]}): "
                    + ", ".join(f"`{c}`" for c in f["claims"]))

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from . import calibration, certificate, mutation, options, registry, replay, report
+from .audit import KINDS, OBJECTIVES, RETRIEVALS, STATEMENT
 from .certificate import CertificateError
 from .settings import ConfigError, RunConfig
 from .shard import Shard, check_count
@@ -92,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("embeddings", nargs="+",
                        help=".npy (2, n, d) or .npz with two (n, d) arrays; several: a trend across them")
     audit.add_argument("--temperature", default="0.07", help="the model's InfoNCE temperature")
+    audit.add_argument("--initialisation", choices=KINDS, default=STATEMENT["kind"],
+                       help="trained: alignment is claimed; random: alignment at chance is claimed")
+    audit.add_argument("--retrieval", choices=RETRIEVALS, default=STATEMENT["retrieval"],
+                       help="top1: recall@1 above chance is claimed; rank: only the partner's rank")
+    audit.add_argument("--objective", choices=OBJECTIVES, default=STATEMENT["objective"],
+                       help="held: the gap is the loss's minimum along the shift; closing-favoured: "
+                            "closing it lowers the loss (Liang et al.'s higher-temperature regime)")
     options.add_arguments(audit, ("profile", "seed", "device", "alpha", "reports"), reports="reports/audit")
     audit.add_argument("--workers", default="0", type=_workers, help="xdist workers (0: no xdist)")
     return parser
@@ -247,8 +255,9 @@ def _audit(args) -> int:
         temperature = float(args.temperature)
     except ValueError:
         raise ConfigError(f"temperature must be a number, got {args.temperature!r}") from None
+    statement = {"kind": args.initialisation, "retrieval": args.retrieval, "objective": args.objective}
     return run_audit(args.embeddings, temperature=temperature, config=options.run_config(vars(args)),
-                     values=vars(args), workers=args.workers)
+                     values=vars(args), workers=args.workers, statement=statement)
 
 
 COMMANDS = {"list": _list, "run": _run, "replay": _replay, "diff": _diff, "merge": _merge,

@@ -129,6 +129,37 @@ def test_audit_of_the_shipped_clip_file_reproduces_the_sheet(tmp_path, monkeypat
     assert "<h2>Audit</h2>" in (tmp_path / "r" / "certificate.html").read_text()
 
 
+@pytest.mark.parametrize(("shipped", "statement"), [
+    ("features_clip_random.npy", ["--temperature", "0.07", "--initialisation", "random"]),
+    ("features_convirt.npy", ["--temperature", "0.1", "--retrieval", "rank",
+                              "--objective", "closing-favoured"]),
+])
+def test_audit_stated_as_the_sheet_reproduces_its_verdicts(shipped, statement, tmp_path, monkeypatch):
+    """The sheet states random-init models and ConVIRT differently from a trained CLIP; given the
+    same statement, the audit reaches the sheet's verdicts (every claim PASS, controls rejected)."""
+    with resources.as_file(resources.files("cgeom_verify.data.modality_gap_embeddings") / shipped) as path:
+        shutil.copy(path, tmp_path / "model.npy")
+    monkeypatch.chdir(tmp_path)
+    status = _exit_status(["audit", "model.npy", *statement, "--reports", "r", "--device", "cpu"])
+    cert = _certificate(tmp_path / "r")
+    verdicts = {c["id"]: c["verdict"] for c in cert["claims"]}
+    assert status == 0 and set(verdicts.values()) == {"PASS"}, verdicts
+    assert all(co["rejected"] for c in cert["claims"] for co in c["controls"])
+    stated = dict(zip(statement[2::2], statement[3::2], strict=True))
+    assert cert["audit"]["statement"]["kind"] == stated.get("--initialisation", "trained")
+    assert "Stated as:" in (tmp_path / "r" / "certificate.md").read_text()
+
+
+def test_audit_rejects_an_unknown_statement(tmp_path, capsys):
+    good = tmp_path / "good.npy"
+    np.save(good, _unit(20, 4))
+    assert _exit_status(["audit", str(good), "--initialisation", "pretrained",
+                         "--reports", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cgeom-verify: error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
 def _toy_series(tmp_path, sigmas=(0.0, 0.3, 0.6), pairs=1000, steps=300):
     """Embeddings of the Fig. 5 toy's trained encoders (identical inits), one file per sigma."""
     gen = torch.Generator()

@@ -39,7 +39,7 @@ def test_planner_finds_the_smallest_size_for_designs_of_millions():
     for sigma in (1.0, 40.0):
         n = stats.min_num_samples(sigma, 0.01, 1e-4, 0.05, kind="equivalent", t_quantiles=True)
 
-        def resolves(m):
+        def resolves(m, sigma=sigma):
             shrink = 1.0 - scipy_stats.norm.ppf(1 - 1e-4) / math.sqrt(2.0 * (m - 1))
             return stats.min_discrepancy(sigma / shrink / math.sqrt(m), 1e-4, 0.05,
                                          kind="equivalent", df=m - 1) <= 0.01
