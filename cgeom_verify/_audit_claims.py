@@ -24,7 +24,7 @@ def _build() -> dict:
     if not raw:
         return {}
     spec = json.loads(raw)
-    specs = audit_specs(spec["files"], float(spec["temperature"]), spec.get("statement"))
+    specs = audit_specs(spec["files"], float(spec["temperature"]), spec["statement"])
     found = {}
     for model in specs:
         for key, claim in section5_claims(model, reference="§5 (audit)").items():

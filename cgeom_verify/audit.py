@@ -1162,17 +1162,16 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
 STATEMENT = {"kind": "trained", "retrieval": "top1", "objective": "held"}
 
 
-def audit_specs(files, temperature: float, statement: dict | None = None) -> list[ModelSpec]:
+def audit_specs(files, temperature: float, statement: dict = STATEMENT) -> list[ModelSpec]:
     """One :class:`ModelSpec` per file, keyed ``audit-<k>`` in the order given, each stated as
-    ``statement`` says (keys of :data:`STATEMENT`; the theorem sheet's choices per model)."""
-    stated = {**STATEMENT, **(statement or {})}
+    ``statement`` says (the keys of :data:`STATEMENT`; the theorem sheet's choices per model)."""
     return [
         ModelSpec(
             f"audit-{k}",
             f"file {k} ({Path(f).name})",
             Source(location=str(f), label=f"audit-{k}", temperature=float(temperature)),
             note="the temperature given to the audit",
-            **stated,
+            **statement,
         )
         for k, f in enumerate(files, 1)
     ]

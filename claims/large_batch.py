@@ -402,20 +402,21 @@ def _replicates_needed(ses, replicates: int, margins, decision_rate: float,
 
 
 def top_up(run, setting: BatchSetting, prediction: Prediction, plan: Design, sim: Simulation,
-           ses, margins, decision_rate: float, generator, *, gradient: bool) -> Simulation:
+           constants_of, ses_of, margins, decision_rate: float, generator, *, gradient: bool):
     """Internal-pilot re-estimation (Wittes & Brittain 1990): the pilot's 64 heavy-tailed
     replicates can under-estimate the dispersion (seed 1012: a variance constant's achieved
-    detectable size 1.17 x its design). When the main run's own standard errors ``ses`` show a
-    margin unresolved, the missing replicates are drawn, within the budget, and pooled. Only
-    the dispersion decides, never the estimates, so the false-fail rate is not spent on it."""
-    needed = _replicates_needed(ses, plan.replicates, margins, decision_rate)
-    if needed <= plan.replicates:
-        return sim
+    detectable size 1.17 x its design). When the main run's own standard errors
+    (``ses_of(constants_of(sim))``) leave a margin unresolved, the missing replicates are drawn,
+    within the budget, and pooled. Only the dispersion decides, never the estimates, so the
+    false-fail rate is not spent on it. Returns the simulation and its constants."""
+    constants = constants_of(sim)
+    needed = _replicates_needed(ses_of(constants), plan.replicates, margins, decision_rate)
     extra = min(needed, max_replicates(run, setting, prediction)) - plan.replicates
-    if extra <= 0:
-        return sim  # beyond the budget: the decision shows UNDERPOWERED
-    more = simulate(run, setting, prediction, plan.sizes, extra, generator, gradient=gradient)
-    return sim.pooled_with(more)
+    if extra <= 0:  # resolved, or beyond the budget (the decision then shows UNDERPOWERED)
+        return sim, constants
+    sim = sim.pooled_with(simulate(run, setting, prediction, plan.sizes, extra, generator,
+                                   gradient=gradient))
+    return sim, constants_of(sim)
 
 
 # -- simulation ---------------------------------------------------------------------------------
@@ -661,12 +662,10 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
             note=f"{label}; margin: a relative error of that size in Gamma"))
     if sim is None:
         return tests
-    constants = _value_constants(setting, prediction, fit, sim, rows)
-    topped = top_up(run, setting, prediction, plan, sim,
-                    (constants["bias"][1], constants["variance"][1]), margins, rate, generator,
-                    gradient=False)
-    if topped is not sim:
-        sim, constants = topped, _value_constants(setting, prediction, fit, topped, rows)
+    sim, constants = top_up(
+        run, setting, prediction, plan, sim,
+        lambda x: _value_constants(setting, prediction, fit, x, rows),
+        lambda c: (c["bias"][1], c["variance"][1]), margins, rate, generator, gradient=False)
     a, a_se, fit_bias = constants["bias"]
     tests.append(stats.equivalent("N E[err_N] -> a: a = -c/2 + kappa+/Gamma (bias constant)",
                                   a, a_se, prediction.bias, margin=margins[0], example=i,
@@ -766,10 +765,10 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     sim = None if plan is None else simulate(run, setting, prediction, plan.sizes,
                                              plan.replicates, generator, gradient=True)
     if sim is not None:
-        constants = _gradient_constants(setting, prediction, plan.sizes, rows, sim)
-        sim = top_up(run, setting, prediction, plan, sim,
-                     (constants["mse"][1], constants["across"][1]), margins, rate, generator,
-                     gradient=True)
+        sim, constants = top_up(
+            run, setting, prediction, plan, sim,
+            lambda x: _gradient_constants(setting, prediction, plan.sizes, rows, x),
+            lambda c: (c["mse"][1], c["across"][1]), margins, rate, generator, gradient=True)
     source, label = (pilot, "pilot draws") if sim is None else (sim, "main-run draws")
     tests = []
     for k in range(len(target)):
@@ -779,7 +778,6 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                       note=f"{label}; margin: rel tau |grad J|"))
     if sim is None:
         return tests
-    constants = _gradient_constants(setting, prediction, plan.sizes, rows, sim)
     a, a_se, fit_mse, pool_mse = constants["mse"]
     tests.append(stats.equivalent("N E|grad_N - grad J|^2 -> a: a = gradient constant (span block)",
                                   a, a_se, prediction.gradient_mse, margin=margins[0], example=i,

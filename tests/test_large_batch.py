@@ -31,11 +31,11 @@ def test_top_up_draws_only_what_the_dispersion_asks():
     run, prediction = _run(), lb.predict(lb.SPOT)
     plan = lb.Design(fit_sizes=(4, 8), record_sizes=(), replicates=16)
     sim = lb.simulate(run, lb.SPOT, prediction, plan.sizes, 16, run.generator(0), gradient=False)
-    resolved = lb.top_up(run, lb.SPOT, prediction, plan, sim, (1e-6,), (1.0,), 1e-3,
-                         run.generator(0), gradient=False)
-    assert resolved is sim
-    # s.e. 0.1 at 16 replicates, margin 0.1: about (z + z) ^ 2 x 16 replicates are needed
-    grown = lb.top_up(run, lb.SPOT, prediction, plan, sim, (0.1,), (0.1,), 1e-3,
-                      run.generator(0), gradient=False)
-    needed = lb._replicates_needed((0.1,), 16, (0.1,), 1e-3)
-    assert grown.error.shape[1] == needed > 16
+    count = lambda x: x.error.shape[1]  # noqa: E731  (the "constants": the replicate count)
+    resolved, n = lb.top_up(run, lb.SPOT, prediction, plan, sim, count, lambda c: (1e-6,),
+                            (1.0,), 1e-3, run.generator(0), gradient=False)
+    assert resolved is sim and n == 16
+    # s.e. 0.1 at 16 replicates, margin 0.1: about (z + z)^2 x 16 replicates are needed
+    grown, n = lb.top_up(run, lb.SPOT, prediction, plan, sim, count, lambda c: (0.1,),
+                         (0.1,), 1e-3, run.generator(0), gradient=False)
+    assert n == grown.error.shape[1] == lb._replicates_needed((0.1,), 16, (0.1,), 1e-3) > 16
