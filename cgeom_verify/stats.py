@@ -375,6 +375,11 @@ class Fit:
     chi2: float
     dof: int
 
+    @property
+    def p_value(self) -> float:
+        """Goodness of fit: P(chi2_dof >= chi2) when the model is right (1 with no dof)."""
+        return float(_scipy_stats.chi2.sf(self.chi2, self.dof)) if self.dof > 0 else 1.0
+
 
 def weighted_least_squares(design, y, y_se) -> Fit:
     """Fit ``y = design @ beta`` with independent errors of known s.d. ``y_se``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cgeom_verify import stats
 from cgeom_verify.claim import CheckRun
 from claims import large_batch as lb
 
@@ -39,3 +40,38 @@ def test_top_up_draws_only_what_the_dispersion_asks():
     grown, n = lb.top_up(run, lb.SPOT, prediction, plan, sim, count, lambda c: (0.1,),
                          (0.1,), 1e-3, run.generator(0), gradient=False)
     assert n == grown.error.shape[1] == lb._replicates_needed((0.1,), 16, (0.1,), 1e-3) > 16
+
+
+def _misfit_below(n_fits: int):
+    """Constants whose rate fit misfits (chi2 = 100 on 2 dof) at the N0 of the first
+    ``n_fits`` grids and fits (chi2 = 1) above them; standard errors already resolved."""
+    n0 = lb._grid(lb.predict(lb.SPOT).scale)[0][0]
+
+    def constants_of(plan, sim):
+        chi2 = 100.0 if plan.fit_sizes[0] < n0 * 2**n_fits else 1.0
+        return stats.Fit(np.zeros(2), np.zeros(2), chi2, 2)
+
+    return constants_of
+
+
+def _main_run(run, constants_of):
+    return lb.main_run(run, 0, lb.SPOT, lb.predict(lb.SPOT), (1e-6,), (1.0,), 1e-3,
+                       run.generator(0), constants_of, lambda c: (1e-6,), lambda c: (c,),
+                       gradient=False)
+
+
+def test_a_misfitted_rate_fit_moves_the_grid_up_an_octave():
+    run = _run()
+    plan, _, fit, moves = _main_run(run, _misfit_below(1))
+    n0 = lb._grid(lb.predict(lb.SPOT).scale)[0][0]
+    assert plan.fit_sizes[0] == 2 * n0 and fit.p_value > 1e-3
+    assert moves == [f"misfit at N0 = {n0} (p = {stats.Fit(0, 0, 100.0, 2).p_value:.2g})"]
+    assert not run.outside_assumptions
+
+
+def test_a_rate_fit_that_never_fits_decides_nothing():
+    run = _run()
+    assert _main_run(run, _misfit_below(lb.REGIME_OCTAVES + 1)) is None
+    (record,) = run.outside_assumptions
+    assert record["reason"].startswith("the rate fit a + b/N misfits up to N0 = ")
+    assert record["reason"].count("misfit at N0") == lb.REGIME_OCTAVES + 1
