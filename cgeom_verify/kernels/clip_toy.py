@@ -280,6 +280,7 @@ def train_sweep(
     tau: float = 0.07,
     batch: int = 256,
     lr: float = 5e-3,
+    betas: tuple = (0.9, 0.999),
     identical_inputs: bool = False,
     checkpoints=(),
 ) -> dict[int, torch.Tensor]:
@@ -290,7 +291,7 @@ def train_sweep(
     if steps < 1 or batch < 2:
         raise ValueError("need steps >= 1 and batch >= 2")
     expansion = KernelExpansion(tau, device=weights.device)
-    adam = BatchedAdam(weights, lr)
+    adam = BatchedAdam(weights, lr, betas)
     runs = sigma.shape[0]
     uniform = torch.full((runs, batch), 1.0 / batch, dtype=weights.dtype, device=weights.device)
     history = {0: weights.clone()}
