@@ -416,7 +416,8 @@ estimator_claim = Claim(
         "adaptive quadrature); with its "
         "cross-validated bandwidth its null at the toy's law (n = 8000) is centred at 0; "
         "identical samples give exactly 0 and disjoint ones stay within the rigorous bound the "
-        "density floor implies (the authors' histogram is bounded only by its smoothing)."
+        "density floor implies (the authors' histogram is bounded only by its smoothing); its "
+        "cross-validation criterion equals a direct pairwise sum."
     ),
     assumptions=(
         "von Mises pairs with kappa in [1, 15], concentration ratio <= e^0.25, D_S between "
@@ -645,6 +646,55 @@ def degenerate_inputs(run):
             f"{name}: |D_S| within the floor's rigorous bound", float(v.abs().max()), 0.0,
             3.01 * bound, note=f"B = log(largest grid density / floor) = {bound:.2f}; |D_S| <= 3 m B"))
     return tests
+
+
+def _lscv_pairwise(theta: torch.Tensor) -> torch.Tensor:
+    """LSCV of the von Mises KDE of ``theta [B, n]`` for every candidate concentration, summed
+    pair by pair in O(n^2), written apart from the estimator's binned Fourier form: with kernel
+    ``K(t) = exp(c cos t) / I0(c)`` (w.r.t. the uniform probability measure),
+    ``int f^2 = n^-2 sum_ij I0(2c |cos((x_i - x_j)/2)|) / I0(c)^2`` and the leave-one-out term
+    ``(2 / (n (n - 1))) sum_{i != j} K(x_i - x_j)``."""
+    n = theta.shape[-1]
+    diff = theta[:, :, None] - theta[:, None, :]
+    c = torch.as_tensor(ad.CONCENTRATIONS, dtype=theta.dtype, device=theta.device)[:, None, None, None]
+    i0 = torch.special.i0e(c)  # scaled: I0(c) = i0e(c) e^c
+    z = 2 * c * torch.cos(diff / 2).abs()
+    integral = (torch.special.i0e(z) * torch.exp(z - 2 * c) / i0**2).sum((-2, -1)) / n**2
+    kernel = torch.exp(c * (torch.cos(diff) - 1)) / i0
+    off_diagonal = kernel.sum((-2, -1)) - kernel.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return (integral - 2 * off_diagonal / (n * (n - 1))).T
+
+
+#: Candidates checked: concentrations up to 1e3 (bandwidth >= 0.03 rad, 20 grid spacings); beyond
+#: it the binning error of the grid form grows (2.7e-3 at 1e4, n = 20), and no toy sample picks it.
+LSCV_CHECKED = ad.CONCENTRATIONS <= 1e3
+#: Stated tolerance, relative to each sample's largest |criterion|: 24x the largest binning error
+#: seen over 20 seeds of this design (2.1e-4, median 1.0e-4; 4096 points); normalising the
+#: leave-one-out term by n instead of n - 1 errs by >= 6.8e-2 on every one of them.
+LSCV_PRECISION = 5e-3
+LSCV_SAMPLES, LSCV_SIZE = 16, 32
+
+
+@estimator_claim.check(
+    "cross-validation criterion equals its direct pairwise sum",
+    settings=st.just(0),
+    examples=Profiled(quick=1, full=1),
+)
+def cross_validation(run):
+    """The bandwidth is chosen by LSCV in Fourier form on the binned grid; the oracle sums the
+    same criterion pair by pair from the kernel's closed form (no grid, no FFT)."""
+    theta = _von_mises((LSCV_SAMPLES, LSCV_SIZE), 1.0, 4.0, run.generator(0)).to(run.dtype)
+    binned = ad.lscv_criterion(theta)
+    direct = _lscv_pairwise(theta)
+    scale = direct.abs().amax(-1, keepdim=True)
+    error = ((binned - direct).abs() / scale)[:, torch.as_tensor(LSCV_CHECKED)].max().item()
+    agree = (binned.argmin(-1) == direct.argmin(-1)).float().mean().item()
+    run.record("cross_validation", {"samples": LSCV_SAMPLES, "size": LSCV_SIZE,
+                                    "max_relative_error": error, "argmin_agreement": agree})
+    return [stats.within_precision(
+        "LSCV binned Fourier form vs pairwise sum: max relative error", error, 0.0, LSCV_PRECISION,
+        note=(f"{LSCV_SAMPLES} vM(1, 4) samples of {LSCV_SIZE} angles, concentrations <= 1e3; "
+              f"stated tolerance {LSCV_PRECISION:g} of the largest |criterion|"))]
 
 
 estimator_claim.control(
