@@ -216,6 +216,8 @@ class Check:
     examples: Profiled
     #: fewer settings inside the assumptions than this is not a PASS
     min_applicable: Profiled
+    #: settings checked in every profile before the drawn ones (Hypothesis's ``@example``)
+    explicit: tuple = ()
 
     @property
     def key(self) -> str:
@@ -271,23 +273,26 @@ class Claim:
         return register
 
     def check(self, name: str, *, settings: SearchStrategy, examples: Profiled,
-              min_applicable: Profiled | None = None):
+              min_applicable: Profiled | None = None, explicit: Sequence = ()):
         """Decorator: a numeric check ``func(run: CheckRun) -> list[Test]``.
 
         ``settings`` is a Hypothesis strategy for one setting (a JSON-serialisable
         dataclass or dict); ``examples`` how many settings each profile draws;
-        ``min_applicable`` how many of them must lie inside the assumptions for the
-        check to PASS (default: all of them).
+        ``explicit`` settings every profile checks first, whatever the draw (a case a bug
+        shows only in, which the strategy may miss); ``min_applicable`` how many of all
+        the settings must lie inside the assumptions for the check to PASS (default: all).
         Returns the :class:`Check`, so controls can name it.
         """
 
         def register(func):
             self._check_name(name)
-            floor = examples if min_applicable is None else min_applicable
+            total = Profiled(quick=examples["quick"] + len(explicit),
+                             full=examples["full"] + len(explicit))
+            floor = total if min_applicable is None else min_applicable
             for profile in ("quick", "full"):
-                if not 1 <= floor[profile] <= examples[profile]:
+                if not 1 <= floor[profile] <= total[profile]:
                     raise ValueError(f"{self.id}: check {name!r} needs 1 <= min_applicable <= examples")
-            check = Check(self, name, func, settings, examples, floor)
+            check = Check(self, name, func, settings, examples, floor, tuple(explicit))
             self.checks.append(check)
             return check
 

@@ -49,10 +49,10 @@ def obligation_evidence(obligation: Obligation) -> dict:
 def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
     started = time.perf_counter()
     claim_id = check.claim.id
-    count = check.examples[config.profile]
-    settings = draw_settings(
-        check.settings, count, derive_seed(config.master_seed, claim_id, check.name, "settings")
-    )
+    settings = [*check.explicit, *draw_settings(
+        check.settings, check.examples[config.profile],
+        derive_seed(config.master_seed, claim_id, check.name, "settings"))]
+    count = len(settings)
     settings_json = [setting_to_json(s) for s in settings]
     seeds = [derive_seed(config.master_seed, claim_id, check.name, s) for s in settings_json]
     run = CheckRun(

@@ -93,3 +93,24 @@ def test_figure_series_lengths_are_checked():
         with pytest.raises(ValueError, match=message):
             run.figure("bad", [{"label": "b", "x": [1, 2], "y": [1, 2], **bad}],
                        xlabel="x", ylabel="y")
+
+
+def test_explicit_settings_come_first_in_every_profile():
+    from cgeom_verify import stats
+    from cgeom_verify.evidence import check_evidence
+
+    claim = Claim(id="explicit", reference="r", statement="s")
+    seen = []
+
+    @claim.check("c", settings=st.integers(0, 9), examples=Profiled(2, 3), explicit=(-1,))
+    def c(run):
+        seen.append(list(run.settings))
+        return [stats.within_precision("x", 0.0, 0.0, 0.0)]
+
+    for profile, count in (("quick", 3), ("full", 4)):
+        evidence = check_evidence(c, RunConfig(profile=profile), 0.01)
+        assert seen[-1][0] == -1 and len(seen[-1]) == count == len(evidence["examples"])
+        assert evidence["applicable"]["required"] == count and evidence["outcome"] == "PASS"
+    with pytest.raises(ValueError, match="min_applicable"):
+        claim.check("d", settings=st.just(1), examples=Profiled(1, 1), explicit=(0,),
+                    min_applicable=Profiled(3, 3))(lambda run: [])
