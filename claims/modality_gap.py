@@ -64,7 +64,7 @@ from scipy import optimize
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
 from cgeom_verify.kernels import angular_divergence as ad
-from cgeom_verify.kernels import clip_toy, rank_design
+from cgeom_verify.kernels import clip_toy, quadrature, rank_design
 
 SIGMAS = tuple(round(0.1 * i, 1) for i in range(8))
 #: sigma from which the gap is certified above the estimator's null (set after exploratory runs
@@ -899,7 +899,6 @@ trend_claim.control(
 
 
 OPTIMISER_STEPS = 200
-UNIT_ROUNDOFF = 2.0**-53
 
 
 @trend_claim.check(
@@ -931,7 +930,7 @@ def batched_adam(run):
         reference.step()
     error = (ours.param - param.detach()).abs().max().item()
     largest = max(start.abs().max().item(), param.detach().abs().max().item())
-    bound = OPTIMISER_STEPS * UNIT_ROUNDOFF * (2 * largest + 250 * 3.2 * setting.lr)
+    bound = OPTIMISER_STEPS * quadrature.UNIT_ROUNDOFF * (2 * largest + 250 * 3.2 * setting.lr)
     run.record("batched_adam", {"steps": OPTIMISER_STEPS, "max_abs_error": error, "bound": bound})
     return [stats.within_precision(
         "batched Adam vs torch.optim.Adam: max |w - w_torch| after the steps", error, 0.0, bound,
