@@ -52,7 +52,7 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
     settings = [*check.explicit, *draw_settings(
         check.settings, check.examples[config.profile],
         derive_seed(config.master_seed, claim_id, check.name, "settings"))]
-    count = len(settings)
+    count = len(check.explicit) + check.examples[config.profile]  # a strategy may draw fewer
     settings_json = [setting_to_json(s) for s in settings]
     seeds = [derive_seed(config.master_seed, claim_id, check.name, s) for s in settings_json]
     run = CheckRun(

@@ -692,7 +692,8 @@ def cross_validation(run):
     binned = ad.lscv_criterion(theta)
     direct = _lscv_pairwise(theta)
     scale = direct.abs().amax(-1, keepdim=True)
-    error = ((binned - direct).abs() / scale)[:, torch.as_tensor(LSCV_CHECKED)].max().item()
+    checked = torch.as_tensor(LSCV_CHECKED, device=run.device)
+    error = ((binned - direct).abs() / scale)[:, checked].max().item()
     agree = (binned.argmin(-1) == direct.argmin(-1)).float().mean().item()
     run.record("cross_validation", {"samples": LSCV_SAMPLES, "size": LSCV_SIZE,
                                     "max_relative_error": error, "argmin_agreement": agree})
