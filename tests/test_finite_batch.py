@@ -202,3 +202,41 @@ def test_batched_optimiser_kinds():
         sgd = sgd - 0.1 * (grad[:, :1] + 0.5 * sgd)
     torch.testing.assert_close(opt.param[:, :1], sgd)
     torch.testing.assert_close(opt.param[:, 1:], ref.param)
+
+
+def test_toy_sweep_layout_pairs_starts_and_control_switches():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    opts = (fb.Optimiser("sgd", 0.1), fb.Optimiser("adam", 5e-3))
+    kwargs = dict(steps=0, points=32)
+    sweep = fb.FiniteBatchToy().sweep(data, (0.2, 0.5), opts, (16,), 3, 2, generator=_gen(1), **kwargs)
+    # per optimiser: 2 sigma x 2 population seeds + 2 sigma x 3 seeds at B = 16
+    assert sweep.gap.shape == (2 * (4 + 6),)
+    sigma, gap = sweep.select(1, 16)
+    assert sigma.tolist() == [0.2] * 3 + [0.5] * 3
+    # zero steps: every run is its seed's identical start, so gaps depend on (sigma, seed) only
+    for o in range(2):
+        for b in (0, 16):
+            rows = (sweep.optimiser == o) & (sweep.batch == b) & (sweep.seed < 2)
+            np.testing.assert_allclose(sweep.gap[rows & (sweep.sigma == 0.2)],
+                                       sweep.gap[(sweep.batch == 0) & (sweep.sigma == 0.2)][:2])
+    shuffled = fb.FiniteBatchToy(shuffle_sigma=True).sweep(data, (0.2, 0.5), opts, (16,), 3, 2,
+                                                           generator=_gen(1), **kwargs)
+    assert sorted(shuffled.sigma.tolist()) == sorted(sweep.sigma.tolist())
+    assert shuffled.sigma.tolist() != sweep.sigma.tolist()
+    np.testing.assert_array_equal(shuffled.gap, sweep.gap)
+
+
+def test_secret_batch_makes_population_runs_stochastic():
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    args = (data, (0.3,), (fb.Optimiser("adam", 5e-3),), (), 0, 2)
+    honest = fb.FiniteBatchToy().sweep(*args, steps=20, generator=_gen(2), points=32)
+    secret = fb.FiniteBatchToy(secret_batch=16).sweep(*args, steps=20, generator=_gen(2), points=32)
+    assert not np.allclose(honest.gap, secret.gap, rtol=1e-6)

@@ -33,12 +33,15 @@ batch-expected energy ``F_B(p) = sum_k p_k U_k/tau + sum_k p_k E log rho_hat_k``
 gradient, the natural flow on the simplex); ``detach_negatives`` reproduces the stop-gradient
 bug (the negatives' dependence on p dropped from the gradient).
 
-**The Fig. 5 toy at finite batch** (groundwork for the trajectory claims, not yet certified):
+**The Fig. 5 toy at finite batch**:
 :func:`train_toy` trains every (batch size, sigma, seed, optimiser) run of a sweep at once, the
 population runs (batch 0) on Thm 4.1's J_mm by dense quadrature (:func:`population_problem`,
 tested against :func:`cgeom_verify.kernels.clip_toy.train_population`), the others on fresh
 minibatches, with SGD, Adam or AdamW per run (:class:`BatchedOptimiser`); :func:`exact_gap` is
 the trained encoders' D_S by quadrature of their pushforward densities.
+:class:`FiniteBatchToy` lays out a whole sweep (every optimiser, batch size, sigma and seed, and
+the population runs, from per-seed identical encoders) as one :func:`train_toy` call and returns
+its gaps (:class:`ToySweep`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ __all__ = [
     "population_problem",
     "train_toy",
     "exact_gap",
+    "ToySweep",
+    "FiniteBatchToy",
 ]
 
 
@@ -409,3 +414,59 @@ def exact_gap(data, weights: torch.Tensor, sigma: torch.Tensor, cells: int = 409
     q1 = clip_toy.pushforward_density(data, weights[0], phi)
     q2 = clip_toy.pushforward_density(data, weights[1], phi, sigma)
     return clip_toy.symmetric_gap(q1, q2)
+
+
+@dataclass(frozen=True)
+class ToySweep:
+    """End-of-training gaps of a finite-batch sweep, one entry per run (numpy).
+
+    ``batch`` 0 marks the population runs (J_mm); ``optimiser`` indexes the sweep's optimisers;
+    runs with the same ``seed`` started from the same identical encoders (a paired design).
+    """
+
+    optimiser: np.ndarray
+    batch: np.ndarray
+    sigma: np.ndarray
+    seed: np.ndarray
+    gap: np.ndarray
+
+    def select(self, optimiser: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(sigma, gap)`` of the runs with that optimiser and batch size."""
+        rows = (self.optimiser == optimiser) & (self.batch == batch)
+        return self.sigma[rows], self.gap[rows]
+
+
+@dataclass(frozen=True)
+class FiniteBatchToy:
+    """The Fig. 5 toy trained at finite batch, with the switches its controls flip.
+
+    ``secret_batch``: the population runs secretly train on minibatches of that size;
+    ``shuffle_sigma``: the runs' sigma labels are permuted after training (the trend's control).
+    """
+
+    secret_batch: int | None = None
+    shuffle_sigma: bool = False
+
+    def sweep(self, data, sigmas, optimisers, batches, seeds: int, population_seeds: int, *,
+              steps: int, generator: torch.Generator, tau: float = 0.07,
+              points: int = 256) -> ToySweep:
+        """Every (optimiser, batch in ``batches``, sigma, seed < ``seeds``) run and every
+        (optimiser, sigma, seed < ``population_seeds``) population run, trained at once from
+        per-seed identical encoders (:func:`train_toy`), with their exact gaps."""
+        runs = [(o, b, s, k) for o in range(len(optimisers)) for b in (0, *batches) for s in sigmas
+                for k in range(population_seeds if b == 0 else seeds)]
+        device = generator.device
+        start = clip_toy.initial_weights(max(seeds, population_seeds), generator, identical=True)
+        weights = start[:, [k for *_, k in runs]]
+        sigma = torch.tensor([s for _, _, s, _ in runs], dtype=torch.float64, device=device)
+        trained = train_toy(data, sigma, weights, [optimisers[o] for o, *_ in runs],
+                            [b for _, b, _, _ in runs], steps=steps, generator=generator, tau=tau,
+                            points=points, secret_batch=self.secret_batch)
+        table = np.asarray([r[:3] for r in runs], dtype=np.float64)
+        labels = table[:, 2]
+        if self.shuffle_sigma:
+            draw = torch.randint(2**31, (1,), generator=generator, device=device)
+            labels = np.random.default_rng(int(draw)).permutation(labels)
+        return ToySweep(optimiser=table[:, 0].astype(int), batch=table[:, 1].astype(int),
+                        sigma=labels, seed=np.asarray([k for *_, k in runs]),
+                        gap=exact_gap(data, trained, sigma).cpu().numpy())
