@@ -420,8 +420,11 @@ def top_up(run, setting: BatchSetting, prediction: Prediction, plan: Design, sim
     false-fail rate is not spent on it. Returns the simulation and its constants."""
     constants = constants_of(sim)
     needed = _replicates_needed(ses_of(constants), plan.replicates, margins, decision_rate)
-    extra = min(needed, max_replicates(run, setting, prediction, plan.sizes)) - plan.replicates
-    if extra <= 0:  # resolved, or beyond the budget (the decision then shows UNDERPOWERED)
+    extra = needed - plan.replicates
+    # Resolved, or beyond the budget: a partial top-up cannot resolve the margin either (the
+    # decision shows UNDERPOWERED), and drawing up to the budget made every misfitting wrong-law
+    # control cost the whole budget at each octave.
+    if extra <= 0 or needed > max_replicates(run, setting, prediction, plan.sizes):
         return sim, constants
     sim = sim.pooled_with(simulate(run, setting, prediction, plan.sizes, extra, generator,
                                    gradient=gradient))
