@@ -430,7 +430,8 @@ trajectories = Claim(
         "end-of-training gap D_S still increases with the misalignment sigma at every batch size "
         "B >= 16 (Jonckheere-Terpstra per optimiser and B): finite batches and the regulariser "
         "do not remove Thm 4.1's monotone gap. The population runs (J_mm by quadrature), which "
-        "the finite-B gaps are plotted against, reach the optimum an independent trainer finds."
+        "the finite-B gaps are plotted against, reach, within 3 % of the gap, the optimum an "
+        "independent trainer finds."
     ),
     assumptions=(
         "the toy's data law without input noise (the population objective has none), "
@@ -455,12 +456,13 @@ TRAJECTORY_STEPS = 300
 #: coincide up to convergence, not up to the grid's error).
 POPULATION_POINTS = 128
 POPULATION_SEEDS = 2
-#: |D_S(population runs) - D_S(independent trainer)|: both optimise the same quadrature of J_mm,
-#: so what is left is convergence within POPULATION_STEPS (measured from other starts: <= 2e-9
-#: at 1000 and 2000 steps; 6.6e-5 at 300, which is why the reference check trains longer than
-#: the sweep, whose population values are drawn, not decided); a batch of 16 in place of the
-#: population moves the gap by 1e-3 or more.
-POPULATION_PRECISION = 1e-6
+#: |D_S(population runs) - D_S(independent trainer)| relative to the trainer's gap. Both optimise
+#: the same quadrature of J_mm, but Adam at a fixed rate never settles exactly: over 120 starts the
+#: final gap wanders by up to 9e-5 (2000 steps) and, at master seed 1005, once by 6.8e-4 (1.3 % at
+#: sigma = 0.5, 1000 steps). The reference serves the figures' 1/B = 0 point, so 3 % of the gap is
+#: the resolution that matters; a batch of 16 in place of the population moves it by 5-300 %
+#: (at sigma = 0.35 by 13-15 % in every run seen).
+POPULATION_TOLERANCE = 0.03
 POPULATION_STEPS = 1000
 #: Designed effect of the trend: the probability that a run at the larger of two sigmas ends with
 #: the larger gap. Measured (16 seeds x 3 sigma, 300 steps, no input noise) it averages 0.87 over
@@ -486,7 +488,7 @@ def _population_reference(run):
 def population_reference(run):
     """The reference the finite-B gaps are drawn against: the trainer's population runs
     (autograd of the dense quadrature of J_mm, Adam, two starts) against the Fourier-space
-    trainer (another start)."""
+    trainer (another start), within POPULATION_TOLERANCE of the gap."""
     sweep = run.subject.sweep(TOY, TRAJECTORY_SIGMAS, (ADAM,), (), 0, POPULATION_SEEDS,
                               steps=POPULATION_STEPS, generator=run.generator(0),
                               points=POPULATION_POINTS)
@@ -496,7 +498,7 @@ def population_reference(run):
         gaps = sweep.gap[np.isclose(sweep.sigma, sigma)]
         tests.append(stats.within_precision(
             f"sigma {sigma}: population-run gap = independent trainer's",
-            float(np.abs(gaps - reference).max()), 0.0, POPULATION_PRECISION,
+            float(np.abs(gaps - reference).max()), 0.0, POPULATION_TOLERANCE * reference,
             note=f"{gaps.size} runs (own starts): {np.array2string(gaps, precision=8)}; "
                  f"train_population: {reference:.8g}"))
     run.record("population_gap", dict(zip(map(str, TRAJECTORY_SIGMAS), oracle.tolist(), strict=True)))
