@@ -133,7 +133,7 @@ def min_discrepancy(standard_error: float, false_fail_rate: float,
 def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
                     false_pass_rate: float = DEFAULT_FALSE_PASS_RATE, *, kind: str = "at_most",
                     underpowered_rate: float | None = 1e-4, t_quantiles: bool = False,
-                    minimum: int = 2) -> int:
+                    minimum: int = 2, fixed_standard_error: float = 0.0) -> float:
     """How many i.i.d. draws of s.d. ``sigma`` a ``kind`` decision needs to resolve ``discrepancy``.
 
     The inverse of :func:`min_discrepancy` with ``se = sigma / sqrt(n)`` (normal
@@ -144,19 +144,28 @@ def min_num_samples(sigma: float, discrepancy: float, false_fail_rate: float,
     at most (None: plan for the expected standard error alone). ``t_quantiles``:
     the decision will use Student-t quantiles with n - 1 degrees of freedom (a mean
     over few seeds), so n grows until those resolve the discrepancy too.
+    ``fixed_standard_error``: a part of the standard error that does not shrink with n (a
+    reference's own error, say), added in quadrature; when it alone leaves the discrepancy
+    unresolved no n does, and the answer is ``math.inf``.
     """
-    if not (sigma >= 0 and discrepancy > 0):
-        raise ValueError(f"need sigma >= 0 and discrepancy > 0, got {sigma}, {discrepancy}")
+    if not (sigma >= 0 and discrepancy > 0 and fixed_standard_error >= 0):
+        raise ValueError(f"need sigma >= 0, discrepancy > 0 and fixed_standard_error >= 0, got "
+                         f"{sigma}, {discrepancy}, {fixed_standard_error}")
     a, b = _tails(kind, false_fail_rate, false_pass_rate)
-    base = ((_z(1.0 - a) + _z(1.0 - b)) * sigma / discrepancy) ** 2
+    left = discrepancy**2 - min_discrepancy(fixed_standard_error, false_fail_rate,
+                                            false_pass_rate, kind=kind) ** 2
+    if left <= 0:
+        return math.inf
+    base = (_z(1.0 - a) + _z(1.0 - b)) ** 2 * sigma**2 / left
     n = max(minimum, math.ceil(base))
     z_se = None if underpowered_rate is None else _z(1.0 - underpowered_rate)
 
     def resolves(n: int) -> bool:
         shrink = 1.0 if z_se is None else 1.0 - z_se / math.sqrt(2.0 * (n - 1 if t_quantiles else n))
         df = n - 1 if t_quantiles else None
-        return shrink > 0 and min_discrepancy(sigma / shrink / math.sqrt(n), false_fail_rate,
-                                              false_pass_rate, kind=kind, df=df) <= discrepancy
+        se = math.hypot(sigma / shrink / math.sqrt(n), fixed_standard_error) if shrink > 0 else 0
+        return shrink > 0 and min_discrepancy(se, false_fail_rate, false_pass_rate, kind=kind,
+                                              df=df) <= discrepancy
 
     # resolves(n) is monotone in n: double until it holds, then bisect for the smallest n
     # (a designed size can run to millions; stepping by one there took minutes).
@@ -263,7 +272,12 @@ class Test:
             # TOST p-value: the larger of the two one-sided p-values
             p = max(_sf((est - (target - self.designed)) / se, self.df),
                     _sf((target + self.designed - est) / se, self.df)) if se > 0 else float(not inside)
-            outcome = "UNDERPOWERED" if not powered else ("PASS" if inside else "FAIL")
+            # Whatever the power, a two-sided interval at the false-fail rate wholly outside
+            # the margin rejects: a subject within it gives that with probability <= the rate.
+            outside = (abs(est - target) - _z(1.0 - false_fail_rate / 2, self.df) * se
+                       >= self.designed)
+            outcome = ("FAIL" if outside else "UNDERPOWERED") if not powered else (
+                "PASS" if inside else "FAIL")
             return self._decision(rates, interval, p, detectable, outcome)
         if self.kind == "at_most":
             q = _z(1.0 - false_fail_rate, self.df)

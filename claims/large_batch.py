@@ -431,6 +431,13 @@ def top_up(run, setting: BatchSetting, prediction: Prediction, plan: Design, sim
     return sim, constants_of(sim)
 
 
+def rejected(run, premise: list, decision_rate: float) -> bool:
+    """Whether the pilot's draws already reject a premise at the decision's false-fail rate (a
+    rejection is valid at any power): the check FAILs whatever a main run would show, so none
+    is drawn (a wrong law then costs a pilot, not a climb through the regime octaves)."""
+    return any(t.decide(decision_rate, run.false_pass_rate).outcome == "FAIL" for t in premise)
+
+
 def main_run(run, i: int, setting: BatchSetting, prediction: Prediction, pilot_se, margins,
              decision_rate: float, generator, constants_of, ses_of, fits_of, *, gradient: bool):
     """Design, simulate and top up; move the grid up while the rate fits misfit.
@@ -692,6 +699,17 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
         "log V_d(1/tau): Bessel form = 1-D quadrature", volume, quad,
         quad_bound * abs(quad) + 1e-10 * max(1.0, abs(quad)), example=i,
         note="quad's error estimate plus the Bessel form's 1e-10 relative accuracy"))
+    # Premise of the control variate, E[kappa/Gamma] = 1 under the negatives' law, decided on
+    # the main run's draws (the pilot's when there is none, or when they already reject it).
+    def premise(source, label):
+        return [stats.equivalent(
+            f"partition estimator unbiased: E[kappa/Gamma] = 1 (direction {k})", *_pooled(kernels),
+            1.0, margin=run.relative_discrepancy, example=i,
+            note=f"{label}; margin: a relative error of that size in Gamma")
+            for k, kernels in enumerate(source.relative_kernels)]
+
+    if rejected(run, premise(pilot, "pilot draws"), rate):
+        return tests + premise(pilot, "pilot draws")
     constants = _value_constants(setting, prediction, fit, pilot, rows)
     ran = main_run(run, i, setting, prediction,
                    (constants["bias"][1], constants["variance"][1]), margins, rate, generator,
@@ -699,15 +717,7 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                                     plan.fit_rows),
                    lambda c: (c["bias"][1], c["variance"][1]),
                    lambda c: (c["bias"][2], c["variance"][2]), gradient=False)
-    # Premise of the control variate, E[kappa/Gamma] = 1 under the negatives' law, decided on
-    # the main run's draws (the pilot's when there is none: a wrong law is still rejected there).
-    source, label = (pilot, "pilot draws") if ran is None else (ran[1], "main-run draws")
-    for k, kernels in enumerate(source.relative_kernels):
-        mean, se = _pooled(kernels)
-        tests.append(stats.equivalent(
-            f"partition estimator unbiased: E[kappa/Gamma] = 1 (direction {k})", mean, se, 1.0,
-            margin=run.relative_discrepancy, example=i,
-            note=f"{label}; margin: a relative error of that size in Gamma"))
+    tests += premise(pilot, "pilot draws") if ran is None else premise(ran[1], "main-run draws")
     if ran is None:
         return tests
     plan, sim, constants, moves = ran
@@ -804,6 +814,15 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     # run's draws (the pilot's when the design is beyond the budget). Margin: a bias of that
     # size shifts the limit gradient by rel |grad J|.
     margin = rel * tau * float(np.linalg.norm(target))
+
+    def premise(source, label):
+        return [stats.equivalent(f"tilted mean premise: E[(kappa/Gamma)(w - g)]_{k} = 0",
+                                 *_pooled(source.tilted_residuals[..., k]), 0.0, margin=margin,
+                                 example=i, note=f"{label}; margin: rel tau |grad J|")
+                for k in range(len(target))]
+
+    if rejected(run, premise(pilot, "pilot draws"), rate):
+        return premise(pilot, "pilot draws")
     pilot_constants = _gradient_constants(setting, prediction, records + fit, rows, pilot)
     ran = main_run(run, i, setting, prediction,
                    (pilot_constants["mse"][1], pilot_constants["across"][1]), margins, rate,
@@ -812,13 +831,7 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                                        plan.fit_rows, x),
                    lambda c: (c["mse"][1], c["across"][1]),
                    lambda c: (c["mse"][2], c["across"][2]), gradient=True)
-    source, label = (pilot, "pilot draws") if ran is None else (ran[1], "main-run draws")
-    tests = []
-    for k in range(len(target)):
-        m, se = _pooled(source.tilted_residuals[..., k])
-        tests.append(stats.equivalent(f"tilted mean premise: E[(kappa/Gamma)(w - g)]_{k} = 0",
-                                      m, se, 0.0, margin=margin, example=i,
-                                      note=f"{label}; margin: rel tau |grad J|"))
+    tests = premise(pilot, "pilot draws") if ran is None else premise(ran[1], "main-run draws")
     if ran is None:
         return tests
     plan, sim, constants, moves = ran

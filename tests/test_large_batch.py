@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -75,3 +77,19 @@ def test_a_rate_fit_that_never_fits_decides_nothing():
     (record,) = run.outside_assumptions
     assert record["reason"].startswith("the rate fit a + b/N misfits up to N0 = ")
     assert record["reason"].count("misfit at N0") == lb.REGIME_OCTAVES + 1
+
+
+def test_a_premise_the_pilot_rejects_ends_the_setting_before_any_main_run():
+    wrong = CheckRun(settings=[lb.SPOT], seeds=[5], check_seed=0,
+                     subject=replace(lb.SUBJECT, negative_mean_sign=-1.0), profile="quick",
+                     device=torch.device("cpu"))
+    for tests_of in (lb.value_tests, lb.gradient_tests):
+        run = _run()
+        assert not any(t.decide(1e-3).outcome == "FAIL" for t in tests_of(run, 0, lb.SPOT, 4))
+        assert run.records  # the correct subject's main run recorded its curves
+        run = replace(wrong, records={})
+        tests = tests_of(run, 0, lb.SPOT, 4)
+        premises = [t for t in tests if "premise" in t.name or "unbiased" in t.name]
+        assert premises and any(t.decide(1e-3).outcome == "FAIL" for t in premises)
+        assert all(t in premises or "quadrature" in t.name for t in tests)
+        assert not run.records and all("pilot draws" in t.note for t in premises)

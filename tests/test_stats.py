@@ -34,6 +34,22 @@ def test_planner_inverts_the_detectable_discrepancy():
         assert stats.min_discrepancy(2.0 / math.sqrt(n - 1), 1e-3, 0.05, kind=kind) > 0.1
 
 
+def test_planner_spends_what_a_fixed_standard_error_leaves():
+    # a standard error that does not shrink with n uses up part of the discrepancy
+    fixed = 0.01
+    n = stats.min_num_samples(2.0, 0.1, 1e-3, 0.05, underpowered_rate=None,
+                              fixed_standard_error=fixed)
+
+    def detectable(m):
+        return stats.min_discrepancy(math.hypot(2.0 / math.sqrt(m), fixed), 1e-3, 0.05)
+
+    assert detectable(n) <= 0.1 < detectable(n - 1)
+    assert n > stats.min_num_samples(2.0, 0.1, 1e-3, 0.05, underpowered_rate=None)
+    # no n resolves a discrepancy the fixed part alone already misses
+    too_large = 0.1 / stats.min_discrepancy(1.0, 1e-3, 0.05)
+    assert stats.min_num_samples(2.0, 0.1, 1e-3, 0.05, fixed_standard_error=too_large) == math.inf
+
+
 def test_planner_finds_the_smallest_size_for_designs_of_millions():
     # the guarded, t-quantile design of a heavy-tailed mutant: the smallest n that resolves
     for sigma in (1.0, 40.0):
@@ -108,8 +124,23 @@ def test_a_decision_short_of_its_design_is_underpowered_never_a_pass():
         decision = test.decide(1e-3)
         assert decision.outcome == "UNDERPOWERED" and not decision.passed
         assert decision.to_json()["passed"] is False
-    # a rejection of `at_most` is valid at its false-fail rate whatever the power
+    # a rejection is valid at its false-fail rate whatever the power
     assert stats.at_most("a", 50.0, 1.0, 0.0, discrepancy=1.0).decide(1e-3).outcome == "FAIL"
+    assert stats.equivalent("e", 50.0, 1.0, 0.0, margin=1.0).decide(1e-3).outcome == "FAIL"
+    assert stats.equivalent("e", -50.0, 1.0, 0.0, margin=1.0).decide(1e-3).outcome == "FAIL"
+    # ... and only then: 1 + z_{0.9995} se = 4.29 is inside what the false-fail rate allows
+    assert stats.equivalent("e", 4.2, 1.0, 0.0, margin=1.0).decide(1e-3).outcome == "UNDERPOWERED"
+
+
+def test_an_underpowered_equivalence_rejects_at_its_false_fail_rate():
+    # true value on the margin's edge, se far too large for a PASS: FAIL with rate <= FF
+    rng = np.random.default_rng(3)
+    fails = sum(stats.equivalent("m", m, 1.0, 0.0, margin=0.5).decide(FF, FP).outcome == "FAIL"
+                for m in rng.normal(0.5, 1.0, EXPERIMENTS))
+    z = scipy_stats.norm.ppf(1 - FF / 2)
+    nominal = scipy_stats.norm.sf(z) + scipy_stats.norm.cdf(-1.0 - z)
+    assert nominal <= FF
+    _assert_rate(fails, EXPERIMENTS, nominal)
 
 
 def test_bound_kind_is_deterministic_and_non_finite_inputs_fail():
