@@ -1,14 +1,14 @@
 """The Fig. 5 sweep at the authors' setting: 160 runs (8 sigmas x 20 seeds) x 2000 steps.
 
-Workload (THEORY.md §5): B = 256, tau = 0.07, Adam lr 5e-3, two linear 2x2 encoders, then the
-gap on 8000 held-out pairs per run. Timed:
+Workload (paper Fig. 5; docs/derivations.md, "Fig. 5 two-modality toy"): B = 256, tau = 0.07,
+Adam lr 5e-3, two linear 2x2 encoders, then the gap on 8000 held-out pairs per run. Timed:
 
 * ``batched``: all 160 runs as one tensor program (:func:`clip_toy.train_sweep`, the
   Fourier-expanded exact CLIP gradient, one batched Adam step), wall and CPU time;
 * ``per_run_loop``: the authors' structure, one run at a time with dense B x B logits,
   autograd through :func:`infonce.symmetric_infonce` and ``torch.optim.Adam``; timed over
-  ``LOOP_STEPS`` steps of one run and extrapolated to 160 x 2000 (THEORY.md measured ~13 s
-  per run with the authors' code on this 2-core CPU, ~35 min for the figure);
+  ``LOOP_STEPS`` steps of one run and extrapolated to 160 x 2000 (the authors' code was
+  measured at ~13 s per run on this 2-core CPU, ~35 min for the figure);
 * ``evaluation``: the vM-KDE gap, the authors' histogram and the alignment metrics for all runs.
 
 The per-sigma table (our D_S beside the authors' histogram Jeffreys = 2 D_S, alignment, runs

@@ -103,7 +103,8 @@ OUTPUT_OF_CRITIC = {"cosine": "sphere", "rbf": "tanh"}
 
 # -- randomised settings --------------------------------------------------------------------
 
-#: mixture of the inputs: THEORY.md §1 (4 components, means of norm 4, sigma 1).
+#: mixture of the inputs: the authors' Fig. 2 setting (4 components, means of norm 4, sigma 1;
+#: docs/derivations.md, "Fig. 2 encoder setting").
 COMPONENTS, RADIUS, SIGMA = 4, 4.0, 1.0
 #: the sphere encoder's Jacobian is ~ |x|/|Wx|, and Wx has a positive density at 0 on
 #: the range of W (rank r = min(m, d)), so E|grad|^k < inf iff k < r. The replicate SE

@@ -1,6 +1,8 @@
 """Multimodal geometry: cross-coupling, the persistent -D_S, concavity (paper Prop 4.1, 4.2).
 
-THEORY.md §4. The symmetric multimodal limit (Thm 4.1)
+Derivations: docs/derivations.md, "Multimodal cross-coupling and concavity".
+
+The symmetric multimodal limit (Thm 4.1)
 ``J_mm = (1/tau)E[-s(z,w)] + (1/2)E_{q1} log(k*q2) + (1/2)E_{q2} log(k*q1)`` has a partition
 part that, once the kernel sharpens (``k*q -> q``), reads (Prop 4.1)
 

@@ -3,7 +3,8 @@
 arXiv 2601.19597, Prop 3.2: the unimodal free energy ``F(rho) = (1/tau) ∫U rho - H(rho)``
 has the unique minimiser ``rho* ∝ exp(-U/tau)``; Prop 3.3: as tau -> 0 the Gibbs mass
 concentrates on the sublevel sets of U. Figs. 3-4 illustrate both with particles
-(THEORY.md §3): on S^2 with ``U = -(1/kappa) log(w e^{kappa<z,m1>} + (1-w) e^{kappa<z,m2>})``,
+(docs/derivations.md, "Figs. 3-4 particle/KDE landscape"): on S^2 with
+``U = -(1/kappa) log(w e^{kappa<z,m1>} + (1-w) e^{kappa<z,m2>})``,
 kappa = 12, w = 0.5, m1 = (0,0,1), m2 = normalise(0.85, 0.15, -0.5), M = 768 particles
 are trained for 5000 Adam steps (lr 5e-2, noise 0.06 per step) on
 ``mean U / tau + mean log rho_h`` with a geodesic Gaussian KDE of bandwidth h = 0.35,
@@ -256,7 +257,7 @@ reproduction = Claim(
         "of our seeds. Trained vs Gibbs per tau is recorded; at tau = 0.1 they disagree "
         "(see kde-surrogate-bias)."),
     assumptions=(
-        "the authors' landscape, metric, optimiser and noise (THEORY.md §3)",
+        "the authors' landscape, metric, optimiser and noise (paper Figs. 3-4)",
         "full profile: their design (M = 768, 5000 steps, 7 taus); quick: M = 96, 400 "
         "steps at their three reported taus (a smaller system, so a wider interval)",
     ),
@@ -357,7 +358,7 @@ surrogate_bias = Claim(
         "excess increases with h at every particle count M and, at h = 0.35, does not "
         "vanish as M -> infinity."),
     assumptions=(
-        "the authors' landscape, metric, optimiser and noise (THEORY.md §3)",
+        "the authors' landscape, metric, optimiser and noise (paper Figs. 3-4)",
         "agreement is certified on the tested cells only (tau in [0.1, 10], r ~ 0.35) and "
         "at the designed margin; the surrogate's bias there is small but not zero",
         "a finite M adds its own bias when few particles fall within h (small h, small tau)",

@@ -1,4 +1,6 @@
-"""Unimodal landscape (paper §3, Prop 3.1/3.2 and Prop 3.3; THEORY.md §2-3).
+"""Unimodal landscape (paper §3, Prop 3.1/3.2 and Prop 3.3).
+
+Derivations: docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration".
 
 For an alignment potential U on Z = S^{d-1} and temperature tau the paper studies
 
@@ -835,8 +837,9 @@ def s2_tie_break(run):
 
 
 def _theory_reproduction(run):
-    """The spec's numbers (2.546 at tau=0.2, 2.9952 at 0.05, 3.0000 at 0.02) are for
-    *orthogonal* wells with U = min of the branches and mass split by the nearer mean."""
+    """The project's reference numbers (2.546 at tau=0.2, 2.9952 at 0.05, 3.0000 at 0.02;
+    docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration")
+    are for *orthogonal* wells with U = min of the branches and mass split by the nearer mean."""
     points, weights = quadrature.sphere_grid(200, 400, device=run.device)
     m1, m2 = run.tensor([0.0, 0.0, 1.0]), run.tensor([1.0, 0.0, 0.0])
     u = torch.minimum(1 - points @ m1, 3 * (1 - points @ m2))

@@ -81,7 +81,7 @@ def test_von_mises_kl_matches_closed_form():
     k1, k2, a, b = 3.0, 5.0, 0.4, 2.1
     log_p, log_q = _von_mises(points, a, k1), _von_mises(points, b, k2)
     a1 = float(vmf.mean_resultant_length(2, k1))
-    closed = math.log(np.i0(k2) / np.i0(k1)) + a1 * (k1 - k2 * math.cos(a - b))  # THEORY §5
+    closed = math.log(np.i0(k2) / np.i0(k1)) + a1 * (k1 - k2 * math.cos(a - b))  # docs/derivations.md
     assert float(geo.kl_divergence(log_p, log_q, weights)) == pytest.approx(closed, abs=1e-12)
     # vMF entropy: H = log V(k) - k A(k)
     assert float(geo.entropy(log_p, weights)) == pytest.approx(math.log(np.i0(k1)) - k1 * a1,

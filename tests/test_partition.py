@@ -66,7 +66,7 @@ def test_single_vmf_matches_sinh_closed_forms_in_d3():
     u2 = 2 * z / tau + k * np.array([0.0, 0.0, 1.0])
     c = math.exp(log_v3(np.linalg.norm(u2)) + log_v3(k) - 2 * log_v3(r)) - 1
     assert partition.relative_variance(mix, z, tau) == pytest.approx(c, rel=1e-12)
-    assert c == pytest.approx(0.2365, abs=5e-5)  # THEORY.md §1 spot value
+    assert c == pytest.approx(0.2365, abs=5e-5)  # spot value: docs/derivations.md, partition section
 
 
 @pytest.mark.parametrize("tau", [0.15, 0.5, 1.0])

@@ -1,4 +1,6 @@
-"""The authors' two-modality toy of paper Fig. 5 (THEORY.md §5), every run in one tensor program.
+"""The authors' two-modality toy of paper Fig. 5, every run in one tensor program.
+
+Settings: docs/derivations.md, "Fig. 5 two-modality toy".
 
 Data: an angle ``theta ~ w vM(0, kappa) + (1-w) vM(pi, kappa)`` (w = 0.7, kappa = 6); its
 pair ``theta2 = theta + sigma N(0, 1)`` (wrapped); inputs ``x = (cos, sin) + 0.02 N(0, I)``.

@@ -1,4 +1,6 @@
-"""Densities on quadrature grids and the cross-coupled functionals of Prop 4.1/4.2 (THEORY.md §4).
+"""Densities on quadrature grids and the cross-coupled functionals of paper Prop 4.1/4.2.
+
+Derivations: docs/derivations.md, "Multimodal cross-coupling and concavity".
 
 A density on a grid (``points[P, d]``, probability ``weights[P]``, see :mod:`.quadrature`)
 is given by its log values ``log_rho[..., P]``; integrals are the grid sums
@@ -212,7 +214,7 @@ class SharpeningExpansion:
 def sharpening_expansion(points, means, kappas, log_weights, taus) -> SharpeningExpansion:
     """The smoothing ``k_tau * q`` of a vMF mixture q, exactly and to first order in tau.
 
-    Closed form (THEORY.md §1): with ``u_i = z/tau + k_i m_i``,
+    Closed form (docs/derivations.md, "Smoothing a vMF mixture"): with ``u_i = z/tau + k_i m_i``,
     ``(k_tau * vMF(m_i,k_i))(z) = V_d(|u_i|) / (V_d(1/tau) V_d(k_i))``, so per component
     ``l_i(z) = log((k_tau*q_i)/q_i)(z) = ∫_{1/tau}^{|u_i|} A_d(x) dx - k_i <z, m_i>``
     and ``log((k_tau*q)/q) = log sum_i omega_i e^{l_i}`` with posterior weights omega_i(z).

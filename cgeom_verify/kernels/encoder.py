@@ -1,7 +1,7 @@
 """Linear encoders on Gaussian-mixture inputs: the encoder-level setting of Thm 3.1/4.1.
 
-THEORY.md §1 (and the authors' Fig. 2) take theta = W, a linear map ``x -> W x`` from
-inputs in R^m to R^d followed by an output map:
+The authors' Fig. 2 (docs/derivations.md, "Fig. 2 encoder setting") takes theta = W, a
+linear map ``x -> W x`` from inputs in R^m to R^d followed by an output map:
 
 * ``"sphere"``: ``z = Wx/|Wx|`` (L2-normalised, the cosine critic's embedding);
 * ``"tanh"``:   ``z = tanh(Wx)`` (bounded, the RBF critic's embedding).

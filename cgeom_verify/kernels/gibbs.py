@@ -1,4 +1,6 @@
-"""Alignment potentials and the Gibbs measure on a quadrature grid (THEORY.md §2-3).
+"""Alignment potentials and the Gibbs measure on a quadrature grid (paper Prop 3.1-3.3, Figs. 3-4).
+
+Derivations: docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration".
 
 * :func:`mixture_potential` — ``U(z) = -(1/kappa) log sum_i w_i exp(kappa <z, m_i>)``,
   the log-sum-exp vMF-mixture potential (the authors' Figs. 3-4 use two wells);

@@ -1,4 +1,4 @@
-"""The finite-N contrastive losses of THEORY.md §1 (paper Thm 3.1, Thm 4.1).
+"""The finite-N contrastive losses of paper Thm 3.1 and Thm 4.1.
 
 Unimodal InfoNCE for anchors z, positives z+ and a pool of N negatives w_j::
 

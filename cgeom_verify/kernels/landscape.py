@@ -1,4 +1,6 @@
-"""The unimodal free-energy landscape on a quadrature grid (THEORY.md §2-3; paper Prop 3.1-3.3).
+"""The unimodal free-energy landscape on a quadrature grid (paper Prop 3.1-3.3).
+
+Derivations: docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration".
 
 On nodes ``z_k`` with weights ``q_k`` (the uniform probability measure, ``sum q_k = 1``) a
 density ``rho`` w.r.t. ``mu`` is carried by its logarithm ``log_rho[..., M]`` with

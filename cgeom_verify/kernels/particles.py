@@ -1,4 +1,6 @@
-"""Particle/KDE surrogate of the Gibbs equilibrium: the authors' Figs. 3-4 (THEORY.md §3).
+"""Particle/KDE surrogate of the Gibbs equilibrium: the authors' Figs. 3-4 (paper Prop 3.2, 3.3).
+
+Settings: docs/derivations.md, "Figs. 3-4 particle/KDE landscape".
 
 The authors realise the unimodal free energy ``F(rho) = (1/tau) ∫U rho - H(rho)``
 (Prop 3.2) with ``M`` particles ``z_i = v_i / |v_i|`` on S^2 and minimise

@@ -1,4 +1,6 @@
-"""Closed-form partition oracle for vMF-mixture negatives (THEORY.md §1; paper Thm 3.1/4.1).
+"""Closed-form partition oracle for vMF-mixture negatives (paper Thm 3.1/4.1).
+
+Derivation: docs/derivations.md, "Closed-form partition for vMF-mixture negatives".
 
 Negatives follow ``q = sum_i pi_i vMF(m_i, k_i)`` on S^{d-1}; the kernel is
 ``kappa_tau(z, w) = exp(<z, w>/tau)``. Every quantity the large-batch theorems need is a

@@ -1,4 +1,6 @@
-"""Von Mises-Fisher kernels on S^{d-1} (THEORY.md §0).
+"""Von Mises-Fisher kernels on S^{d-1} (the kernel volume V_kappa(tau) of paper Thm 3.1).
+
+Derivation: docs/derivations.md, "Kernel volume and vMF densities".
 
 ``V_d(x) = ∫ exp(x <m, w>) mu(dw) = Gamma(d/2) (2/x)^nu I_nu(x)``, nu = d/2 - 1, with
 ``mu`` the uniform *probability* measure; the vMF density with mean m and
