@@ -1,4 +1,5 @@
-"""The large-batch sheet's design machinery: pooling replicates and the internal-pilot top-up."""
+"""The large-batch experiment machinery: pooling replicates and the internal-pilot top-up, and the
+sheet's checks ending a setting at the pilot."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from cgeom_verify import stats
 from cgeom_verify.claim import CheckRun
-from claims import large_batch as lb
+from cgeom_verify.experiments import large_batch as lb
+from claims.large_batch import gradient_tests, value_tests
 
 
 def _run():
@@ -41,13 +43,13 @@ def test_top_up_draws_only_what_the_dispersion_asks():
     # s.e. 0.1 at 16 replicates, margin 0.1: about (z + z)^2 x 16 replicates are needed
     grown, n = lb.top_up(run, lb.SPOT, prediction, plan, sim, count, lambda c: (0.1,),
                          (0.1,), 1e-3, run.generator(0), gradient=False)
-    assert n == grown.error.shape[1] == lb._replicates_needed((0.1,), 16, (0.1,), 1e-3) > 16
+    assert n == grown.error.shape[1] == lb.replicates_needed((0.1,), 16, (0.1,), 1e-3) > 16
 
 
 def _misfit_below(n_fits: int):
     """Constants whose rate fit misfits (chi2 = 100 on 2 dof) at the N0 of the first
     ``n_fits`` grids and fits (chi2 = 1) above them; standard errors already resolved."""
-    n0 = lb._grid(lb.predict(lb.SPOT).scale)[0][0]
+    n0 = lb.grid(lb.predict(lb.SPOT).scale)[0][0]
 
     def constants_of(plan, sim):
         chi2 = 100.0 if plan.fit_sizes[0] < n0 * 2**n_fits else 1.0
@@ -65,7 +67,7 @@ def _main_run(run, constants_of):
 def test_a_misfitted_rate_fit_moves_the_grid_up_an_octave():
     run = _run()
     plan, _, fit, moves = _main_run(run, _misfit_below(1))
-    n0 = lb._grid(lb.predict(lb.SPOT).scale)[0][0]
+    n0 = lb.grid(lb.predict(lb.SPOT).scale)[0][0]
     assert plan.fit_sizes[0] == 2 * n0 and fit.p_value > 1e-3
     assert moves == [f"misfit at N0 = {n0} (p = {stats.Fit(0, 0, 100.0, 2).p_value:.2g})"]
     assert not run.outside_assumptions
@@ -83,7 +85,7 @@ def test_a_premise_the_pilot_rejects_ends_the_setting_before_any_main_run():
     wrong = CheckRun(settings=[lb.SPOT], seeds=[5], check_seed=0,
                      subject=replace(lb.SUBJECT, negative_mean_sign=-1.0), profile="quick",
                      device=torch.device("cpu"))
-    for tests_of in (lb.value_tests, lb.gradient_tests):
+    for tests_of in (value_tests, gradient_tests):
         run = _run()
         assert not any(t.decide(1e-3).outcome == "FAIL" for t in tests_of(run, 0, lb.SPOT, 4))
         assert run.records  # the correct subject's main run recorded its curves

@@ -242,7 +242,7 @@ def test_span_sampler_matches_the_full_sampler_in_distribution():
 
 
 def test_log_volume_quadrature_is_independent_and_agrees():
-    from claims.large_batch import log_volume_quadrature
+    from cgeom_verify.experiments.large_batch import log_volume_quadrature
 
     for d in (2, 3, 4, 8, 64, 256):
         for x in (0.0, 0.5, 5.0, 50.0):
