@@ -42,7 +42,6 @@ __all__ = [
     "selection_record",
     "overall_verdict",
     "claim_verdict",
-    "write",
     "load",
     "render_markdown",
     "atomic_write",
@@ -275,15 +274,6 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write(cert: dict, directory: Path) -> None:
-    """Write ``certificate.json`` and ``certificate.md`` atomically (JSON last)."""
-    directory = Path(directory)
-    markdown = render_markdown(cert)  # render both first: a failure writes neither
-    text = json.dumps(cert, indent=2, allow_nan=True) + "\n"
-    atomic_write(directory / MARKDOWN_NAME, markdown)
-    atomic_write(directory / JSON_NAME, text)
 
 
 def load(path: str | Path) -> dict:

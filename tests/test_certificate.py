@@ -45,24 +45,6 @@ def test_verdicts():
                                                     "verdict": "ERROR", "error": "call: boom"}
 
 
-def test_write_is_atomic_and_roundtrips(tmp_path):
-    cert = _build(PASSING)
-    certificate.write(cert, tmp_path)
-    assert certificate.load(tmp_path / "certificate.json")["verdict"] == "PASS"
-    assert "**Verdict: PASS**" in (tmp_path / "certificate.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["certificate.json", "certificate.md"]
-
-
-def test_failed_render_leaves_previous_files_intact(tmp_path):
-    certificate.write(_build(PASSING), tmp_path)
-    broken = _build(PASSING)
-    broken["claims"][0]["checks"][0]["decisions"] = [object()]  # not serialisable
-    with pytest.raises(TypeError):
-        certificate.write(broken, tmp_path)
-    assert certificate.load(tmp_path / "certificate.json")["verdict"] == "PASS"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["certificate.json", "certificate.md"]
-
-
 @pytest.mark.parametrize(
     "content, message",
     [
