@@ -25,6 +25,7 @@ from pathlib import Path
 from . import certificate
 from .certificate import CertificateError
 from .settings import RunConfig
+from .text import clip
 
 __all__ = ["load", "Diff", "diff", "replay_arguments", "merge", "MergeError"]
 
@@ -98,8 +99,7 @@ def _first_difference(a, b, path: str = "") -> str:
 
 
 def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clip(repr(value), 80)
 
 
 def _decision_keys(decisions: list[dict]) -> dict[str, dict]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import certificate
+from .text import clip
 
 __all__ = ["HTML_NAME", "FIGURES_DIR", "Image", "margin", "render_images", "render_html",
            "write_reports"]
@@ -118,7 +119,7 @@ def _plot_margins(plt, claim: dict) -> bytes:
     ax.axvline(1.0, color="#444", lw=1, ls="--", label="decision boundary")
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.5, hi * 1.5)
-    ax.set_yticks(range(len(rows)), [_clip(label, 60) for label, _ in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [clip(label, 60) for label, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlabel("share of the allowed margin used (pass iff < 1; controls should cross it)")
     ax.set_title("Decisions of this claim, one point each", fontsize=10)
@@ -162,7 +163,7 @@ def _plot_figure(plt, spec: dict) -> bytes:
     ax.set_yscale(spec["yscale"])
     ax.set_xlabel(spec["xlabel"])
     ax.set_ylabel(spec["ylabel"])
-    ax.set_title(_clip(spec["title"], 80), fontsize=10)
+    ax.set_title(clip(spec["title"], 80), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if spec["series"]:
         ax.legend(fontsize=8)
@@ -300,10 +301,6 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _badge(verdict: str) -> str:
     return f'<span class="badge {verdict.replace(" ", "-")}">{_e(verdict)}</span>'
 
@@ -358,7 +355,7 @@ def _decision_table(decisions: list[dict], examples: list[dict], control: bool) 
             f"<td class=num>{_num(d['designed'])} / {_num(d['detectable'])}</td>"
             f"<td class=num>{_num(margin(d))}</td>"
             f"<td>{'ok' if d['passed'] else (failed if d['outcome'] == 'FAIL' else 'UNDERPOWERED')}</td>"
-            f"<td><code>{_e(_clip(json.dumps(setting), 80)) if setting is not None else ''}</code>"
+            f"<td><code>{_e(clip(json.dumps(setting), 80)) if setting is not None else ''}</code>"
             "</td></tr>")
     return ("<table><tr><th>decision</th><th>kind</th><th>estimate ± s.e.</th><th>target</th>"
             "<th>interval</th><th>p</th><th>designed / achieved detectable</th><th>margin used</th>"
@@ -393,7 +390,7 @@ def _run_item(item: dict, images: list[Image]) -> str:
     others = {k: v for k, v in item.get("records", {}).items() if k != "figures"}
     if others:
         text = json.dumps(others, indent=1)
-        out.append(f"<details><summary>records</summary><pre>{_e(_clip(text, _RECORDS_SHOWN))}"
+        out.append(f"<details><summary>records</summary><pre>{_e(clip(text, _RECORDS_SHOWN))}"
                    "</pre></details>")
     out.append("</div>")
     return "".join(out)

@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 
 from ..certificate import CertificateError
+from ..text import clip
 
 __all__ = ["SCHEMA_FILE", "schema", "validate"]
 
@@ -40,8 +41,4 @@ def validate(cert: dict, where: str = "certificate") -> None:
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise CertificateError(f"{where}: does not conform to the certificate schema at "
-                               f"{path}: {_shorten(error.message)}")
-
-
-def _shorten(message: str, limit: int = 300) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+                               f"{path}: {clip(error.message, 300)}")
