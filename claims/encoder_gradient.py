@@ -3,549 +3,48 @@
 arXiv 2601.19597, Thm 3.1: for negatives i.i.d. from the encoder's pushforward q_theta,
 ``grad_theta L_N -> grad_theta J_tau`` as N -> infinity (the ``log(N V_kappa)`` offset
 does not depend on theta). Thm 4.1: the same for the symmetric loss
-``L_sym = (L_{1->2} + L_{2->1})/2`` of two encoders. Here
-theta = W of a linear encoder (L2-normalised output with the cosine critic, tanh
-output with the RBF critic ``s = -(1/d)|z - w|^2``) on Gaussian-mixture inputs.
+``L_sym = (L_{1->2} + L_{2->1})/2`` of two encoders. Here theta = W of a linear encoder
+(L2-normalised output with the cosine critic, tanh output with the RBF critic
+``s = -(1/d)|z - w|^2``) on Gaussian-mixture inputs.
 
-How the rate is checked. The theta-gradient of the log-partition is a self-normalised
-ratio of sample means over the N negatives, so its error is, to first order, a sample
-mean of centred terms (obligation below): ``MSE_N = E|g_N - g|^2 = C/N + O(1/N^2)``.
-For each Hypothesis-drawn setting we hold theta and the B anchors fixed, draw R
-independent negative pools at every N of a geometric grid (N = 32 ... 1024 quick, ... 4096
-full; pools independent across N and of the reference), and fit
+How the rate is checked. The theta-gradient of the log-partition is a self-normalised ratio
+of sample means over the N negatives, so its error is, to first order, a sample mean of
+centred terms (obligation): ``MSE_N = E|g_N - g|^2 = C/N + O(1/N^2)``. Per drawn setting,
+theta and the anchors are fixed, independent negative pools are drawn over a geometric grid
+of N, and against an independent oracle g_ref (dense float64 autograd on N_ref >= 2^17
+negatives) the slope b of ``log MSE_N = a + b log N + c/N`` is -1 (TOST, margin 10 % quick /
+3 % full: an error norm decaying as N^{-1/4} fails), and the plateau D of ``MSE_N = C/N +
+E/N^2 + D`` is at most the reference's own error C/N_ref (``at_most``): a gradient that
+converges to the wrong vector plateaus. Negative control: stop-gradient through the
+negatives (``detach_negatives``), a real implementation bug.
 
-* ``log MSE_N = a + b log N + c/N`` (weighted least squares, c/N the next-order
-  nuisance); the theorem's rate says ``b = -1`` (error norm ~ N^{-1/2}): TOST with margin
-  10 % (quick) / 3 % (full) of it, so an error norm decaying as N^{-1/4} (b = -1/2) fails;
-* ``MSE_N = C/N + E/N^2 + D``: the plateau D is at most the reference's own error
-  ``C/N_ref`` (``at_most``, designed excess PLATEAU_SHARE x rel x C/N at the largest N). This
-  is the "reference negligible" evidence, and what rejects an estimator that converges to
-  the wrong vector (its MSE plateaus).
+Fig. 2 (the authors' setting, B = 64, m = 64, d = 128, N_ref = 4096): reported
+``cos(g_N, g_ref) ~ 0.94`` (cosine) and ``~ 0.96`` (RBF) at N = 256, certified under the
+authors' protocol (negative pool from a freshly drawn mixture) by TOST at +-0.03, the
+report's own 20-seed SEM combined with ours. Under one mixture for anchors and negatives the
+cosine critic's value is higher: ``exceeds`` 0 on the paired difference, designed excess 0.012.
 
-R is designed before the main run: a pilot of 32 replicates measures the squared error's
-relative dispersion, and ``stats.min_num_samples`` turns it (x 1.5) into the replicate count
-that resolves both designed sizes at the decision's false-fail rate; where the main run's own
-dispersion says that was too few, the missing replicates are drawn (internal pilot; only the
-dispersion decides, never the estimates). The plateau's standard error has a part no R
-reduces, the reference's own error (its relative dispersion is the squared error's, in law,
-and at most sqrt 2 for a Gaussian error): the planner spends what it leaves. The standard errors of
-the MSE_N come from the replicate dispersion, pooled over the grid (the normalised error
-converges in law, so its relative dispersion does not depend on N). Assumption checked per
-setting: the sphere encoder's Jacobian grows like 1/|Wx|, so the squared error has a variance
-only when rank W >= 5, and a reliable standard error needs rank W >= 9 (settings are
-drawn there); the tanh encoder's Jacobian is bounded.
-
-The reference ``g_ref`` is an independent oracle: dense float64 autograd of the loss on the
-whole pool of N_ref = 2^17 negatives (full: the mean over 4 pools of 2^19, N_ref = 2^21),
-written apart from the subject's kernels
-(its own embedding, critics and log-sum-exp), so a bug in the shared encoder/InfoNCE code
-moves g_N but not g_ref. Each setting records ``C/N_ref`` relative to the MSE at the largest N
-and ``cos(g_N, g_ref)`` per N.
-
-Negative control: stop-gradient through the negatives (``detach_negatives``), a real
-implementation bug: its gradient converges to a different vector, so MSE_N plateaus.
-
-Fig. 2 reproduction (the authors' setting): seeds batched, N in {4, ..., 1024}, N_ref =
-4096 as a nested prefix of the same pool, B = 64, m = 64, d = 128; reported
-``cos(g_N, g_ref) ~ 0.94`` (cosine) and ``~ 0.96`` (RBF) at N = 256. The authors' code
-(github.com/YichaoCai1/InfoNCE_Geometry, grad_consistency/) draws the mixture means afresh on
-every call of its sampler, so its negative pool comes from a *different* mixture than the
-anchors; the paper describes one mixture. The reported values are certified under the
-authors' protocol by TOST at +-0.03 (the report is a two-digit 20-seed mean; its own SEM is
-combined with ours), with the seed count designed from a pilot. Under one mixture the cosine
-critic's value is higher: certified on the paired (same seeds) difference of the two
-protocols, ``exceeds`` 0 with the designed excess 0.012 (half the gap the full profile
-measured). The smallest N at which the mean cosine exceeds 0.95 is recorded, not assumed.
+Settings, the subject, the oracle, designs and simulations:
+:mod:`cgeom_verify.experiments.encoder_gradient`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import hypothesis.strategies as st
-import numpy as np
 import sympy
-import torch
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
-from cgeom_verify.figures import rate_series
-from cgeom_verify.kernels import encoder
-from cgeom_verify.settings import derive_seed
-
-# -- the implementation under test ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FiniteBatchGradient:
-    """The theta-gradient of the N-negative InfoNCE loss as a training step computes it."""
-
-    #: stop-gradient through the negatives' embeddings: the bug the control plants.
-    detach_negatives: bool = False
-
-    def unimodal(self, weights, anchors, positives, negatives, tau, *, output, critic,
-                 include_positive):
-        return encoder.infonce_gradient(weights, anchors, positives, negatives, tau, output=output,
-                                        critic=critic, include_positive=include_positive,
-                                        detach_negatives=self.detach_negatives)
-
-    def symmetric(self, weights, inputs, negatives, tau, *, output, critic, include_positive):
-        return encoder.symmetric_infonce_gradient(weights, inputs, negatives, tau, output=output,
-                                                  critic=critic, include_positive=include_positive,
-                                                  detach_negatives=self.detach_negatives)
-
-
-SUBJECT = FiniteBatchGradient()
-STOP_GRADIENT_BUG = replace(SUBJECT, detach_negatives=True)
-
-#: the embedding each critic is used with (as in the authors' Fig. 2).
-OUTPUT_OF_CRITIC = {"cosine": "sphere", "rbf": "tanh"}
-
-# -- randomised settings --------------------------------------------------------------------
-
-#: mixture of the inputs: the authors' Fig. 2 setting (4 components, means of norm 4, sigma 1;
-#: docs/derivations.md, "Fig. 2 encoder setting").
-COMPONENTS, RADIUS, SIGMA = 4, 4.0, 1.0
-#: the sphere encoder's Jacobian is ~ |x|/|Wx|, and Wx has a positive density at 0 on
-#: the range of W (rank r = min(m, d)), so E|grad|^k < inf iff k < r. The replicate SE
-#: of the squared error needs k = 4 (r >= 5); for that SE to be *reliable* (its own
-#: variance finite, k = 8) r >= 9. Measured at r = 5 (tau = 0.25, one anchor): fitted slopes
-#: -0.90 +- 0.01 and a plateau 10 SE above 0, from rare near-singular negatives, not the rate.
-SPHERE_MIN_RANK = 9
-
-
-@dataclass(frozen=True)
-class EncoderSetting:
-    input_dim: int
-    embed_dim: int
-    critic: str
-    tau: float
-    include_positive: bool
-    anchors: int
-    augmentation: float
-
-    def __post_init__(self):
-        if self.critic not in OUTPUT_OF_CRITIC:
-            raise ValueError(f"unknown critic {self.critic!r}; choose one of "
-                             f"{', '.join(OUTPUT_OF_CRITIC)}")
-        if min(self.input_dim, self.embed_dim, self.anchors) < 1 or self.tau <= 0:
-            raise ValueError(f"dimensions and anchors must be positive and tau > 0: {self}")
-
-    @property
-    def output(self) -> str:
-        return OUTPUT_OF_CRITIC[self.critic]
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """Rank of each encoder's linear map (a.s., for Gaussian W)."""
-        return (min(self.input_dim, self.embed_dim),)
-
-
-@dataclass(frozen=True)
-class SymmetricSetting(EncoderSetting):
-    #: input dim of modality 2, whose input is ``A x + noise`` (A a fixed random mixing).
-    second_input_dim: int = 2
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        return (min(self.input_dim, self.embed_dim), min(self.second_input_dim, self.embed_dim))
-
-
-def _input_dim(draw, critic) -> int:
-    return draw(st.integers(SPHERE_MIN_RANK if critic == "cosine" else 2, 12))
-
-
-def _setting_fields(draw) -> dict:
-    # drawn inside the assumptions; _outside_assumptions still guards every setting.
-    critic = draw(st.sampled_from(("cosine", "rbf")))
-    return {
-        "input_dim": _input_dim(draw, critic),
-        "embed_dim": draw(st.integers(SPHERE_MIN_RANK if critic == "cosine" else 2,
-                                      12 if critic == "cosine" else 10)),
-        "critic": critic,
-        # tau bounded below so that the O(1/N^2) terms are small from N = 32 on.
-        "tau": draw(st.floats(0.25, 1.0 if critic == "cosine" else 2.0)),
-        "include_positive": draw(st.booleans()),
-        "anchors": draw(st.integers(1, 16)),
-        "augmentation": draw(st.floats(0.05, 0.5)),
-    }
-
-
-@st.composite
-def encoder_settings(draw) -> EncoderSetting:
-    return EncoderSetting(**_setting_fields(draw))
-
-
-@st.composite
-def symmetric_settings(draw) -> SymmetricSetting:
-    fields = _setting_fields(draw)
-    return SymmetricSetting(**fields, second_input_dim=_input_dim(draw, fields["critic"]))
-
-
-def _outside_assumptions(setting: EncoderSetting) -> str | None:
-    if setting.output == "sphere" and min(setting.ranks) < SPHERE_MIN_RANK:
-        return (f"sphere encoder of rank {min(setting.ranks)} < {SPHERE_MIN_RANK}: its gradient "
-                "lacks the 8th moment that reliable replicate standard errors need")
-    return None
-
-
-# -- the independent oracle: dense float64 autograd of the full-pool loss --------------------
-#
-# Written apart from the subject's path (cgeom_verify.kernels.encoder / infonce: encode,
-# critics, log-partition, streamed reference): its own embedding, scores and log-sum-exp, on
-# the whole pool at once. A bug in the shared kernels therefore moves the subject's gradient
-# but not the reference, so MSE_N plateaus and the rate decisions fail.
-
-
-def _oracle_embed(weights: torch.Tensor, inputs: torch.Tensor, output: str) -> torch.Tensor:
-    linear = torch.einsum("...dm,...nm->...nd", weights, inputs)
-    if output == "sphere":
-        return linear * torch.rsqrt(torch.einsum("...nd,...nd->...n", linear, linear))[..., None]
-    if output == "tanh":
-        return torch.tanh(linear)
-    raise ValueError(f"unknown output {output!r}")
-
-
-def _oracle_scores(z: torch.Tensor, w: torch.Tensor, critic: str) -> torch.Tensor:
-    """``[..., B, d] x [..., N, d] -> [..., B, N]``: <z, w> (cosine) or -(1/d)|z - w|^2 (RBF)."""
-    if critic == "cosine":
-        return torch.einsum("...bd,...nd->...bn", z, w)
-    return -torch.cdist(z, w).square() / z.shape[-1]
-
-
-def _oracle_pair_scores(z: torch.Tensor, p: torch.Tensor, critic: str) -> torch.Tensor:
-    if critic == "cosine":
-        return torch.einsum("...bd,...bd->...b", z, p)
-    return -(z - p).square().sum(-1) / z.shape[-1]
-
-
-def _oracle_direction_loss(anchors, positives, negatives, tau, critic, include_positive):
-    """Mean over anchors of -s(z, z+)/tau + log(sum_j exp(s(z, w_j)/tau) [+ exp(s(z, z+)/tau)]),
-    summed over leading (replicate) dimensions: each slice only enters its own term."""
-    positive = _oracle_pair_scores(anchors, positives, critic) / tau
-    logits = _oracle_scores(anchors, negatives, critic) / tau
-    if include_positive:
-        logits = torch.cat([positive[..., None], logits], dim=-1)
-    peak = logits.max(dim=-1, keepdim=True).values.detach()
-    log_sum = peak[..., 0] + torch.log(torch.exp(logits - peak).sum(dim=-1))
-    return (log_sum - positive).mean(-1).sum()
-
-
-def oracle_gradient(weights: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...],
-                    pool: tuple[torch.Tensor, ...], setting) -> torch.Tensor:
-    """Flat reference gradient ``[..., P]``: one encoder (inputs = (anchors, positives), pool =
-    (items,)) or two (inputs = paired anchors (x1, x2), pool = paired items), symmetric loss
-    (Thm 4.1). ``setting`` supplies tau, critic, output and include_positive; leading
-    dimensions of the weights are independent replicates (seeds)."""
-    s = setting
-    leaves = [w.detach().clone().requires_grad_(True) for w in weights]
-    if len(leaves) == 1:
-        (w1,), (anchors, positives), (items,) = leaves, inputs, pool
-        loss = _oracle_direction_loss(_oracle_embed(w1, anchors, s.output),
-                                      _oracle_embed(w1, positives, s.output),
-                                      _oracle_embed(w1, items, s.output), s.tau, s.critic,
-                                      s.include_positive)
-    else:
-        z = [_oracle_embed(w, x, s.output) for w, x in zip(leaves, inputs, strict=True)]
-        negatives = [_oracle_embed(w, x, s.output) for w, x in zip(leaves, pool, strict=True)]
-        loss = 0.5 * (_oracle_direction_loss(z[0], z[1], negatives[1], s.tau, s.critic,
-                                             s.include_positive)
-                      + _oracle_direction_loss(z[1], z[0], negatives[0], s.tau, s.critic,
-                                               s.include_positive))
-    grads = torch.autograd.grad(loss, leaves)
-    return torch.cat([g.flatten(-2) for g in grads], dim=-1)
-
-
-# -- the two problems: fixed theta and anchors, negatives drawn on demand -------------------
-
-
-@dataclass(frozen=True)
-class UnimodalProblem:
-    """Thm 3.1: one encoder, anchors x_b, positives x_b + noise, negatives from the mixture."""
-
-    setting: EncoderSetting
-    mixture: encoder.GaussianMixture
-    weights: torch.Tensor
-    anchors: torch.Tensor
-    positives: torch.Tensor
-
-    @classmethod
-    def draw(cls, setting: EncoderSetting, generator: torch.Generator) -> UnimodalProblem:
-        mixture = encoder.random_mixture((), COMPONENTS, setting.input_dim, radius=RADIUS,
-                                         sigma=SIGMA, generator=generator)
-        weights = encoder.init_weights((), setting.embed_dim, setting.input_dim, generator)
-        anchors = mixture.sample(setting.anchors, generator)
-        return cls(setting, mixture, weights, anchors,
-                   encoder.augment(anchors, setting.augmentation, generator))
-
-    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = ()):
-        return self.mixture.sample(n, generator, batch)
-
-    def finite(self, subject: FiniteBatchGradient, negatives) -> torch.Tensor:
-        """Flat gradients ``[R, P]``, one per replicate pool of ``negatives [R, N, m]``."""
-        s = self.setting
-        weights = self.weights.expand(*negatives.shape[:-2], *self.weights.shape)
-        grad = subject.unimodal(weights, self.anchors, self.positives, negatives, s.tau,
-                                output=s.output, critic=s.critic,
-                                include_positive=s.include_positive)
-        return grad.flatten(-2)
-
-    def reference(self, size: int, generator: torch.Generator) -> torch.Tensor:
-        """The independent oracle on a fresh pool of ``size`` negatives (see above)."""
-        return oracle_gradient((self.weights,), (self.anchors, self.positives),
-                               (self.negatives(size, generator),), self.setting)
-
-
-@dataclass(frozen=True)
-class SymmetricProblem:
-    """Thm 4.1: paired inputs (x, A x + noise), one linear encoder per modality."""
-
-    setting: SymmetricSetting
-    mixture: encoder.GaussianMixture
-    mixing: torch.Tensor
-    weights: tuple[torch.Tensor, torch.Tensor]
-    inputs: tuple[torch.Tensor, torch.Tensor]
-
-    @classmethod
-    def draw(cls, setting: SymmetricSetting, generator: torch.Generator) -> SymmetricProblem:
-        s = setting
-        mixture = encoder.random_mixture((), COMPONENTS, s.input_dim, radius=RADIUS, sigma=SIGMA,
-                                         generator=generator)
-        mixing = encoder.init_weights((), s.second_input_dim, s.input_dim, generator)
-        weights = (encoder.init_weights((), s.embed_dim, s.input_dim, generator),
-                   encoder.init_weights((), s.embed_dim, s.second_input_dim, generator))
-        inputs = _paired_inputs(mixture, mixing, s.augmentation, s.anchors, generator)
-        return cls(s, mixture, mixing, weights, inputs)
-
-    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = ()):
-        return _paired_inputs(self.mixture, self.mixing, self.setting.augmentation, n, generator,
-                              batch)
-
-    def finite(self, subject: FiniteBatchGradient, negatives) -> torch.Tensor:
-        s = self.setting
-        batch = negatives[0].shape[:-2]
-        weights = tuple(w.expand(*batch, *w.shape) for w in self.weights)
-        grads = subject.symmetric(weights, self.inputs, negatives, s.tau, output=s.output,
-                                  critic=s.critic, include_positive=s.include_positive)
-        return torch.cat([g.flatten(-2) for g in grads], dim=-1)
-
-    def reference(self, size: int, generator: torch.Generator) -> torch.Tensor:
-        """The independent oracle on a fresh pool of ``size`` negative pairs (see above)."""
-        return oracle_gradient(self.weights, self.inputs, self.negatives(size, generator),
-                               self.setting)
-
-
-def _paired_inputs(mixture, mixing, noise, n, generator, batch=()):
-    """``n`` pairs ``(x, A x + noise)``, x from the mixture: ``[*batch, n, m]``, ``[..., m2]``."""
-    first = mixture.sample(n, generator, batch)
-    return first, encoder.augment(first, noise, generator, mixing)
-
-
-# -- the consistency check, shared by Thm 3.1 and Thm 4.1 -----------------------------------
-
-#: N grid (independent pools at every N) and the reference size, per profile.
-LEVELS = Profiled(quick=tuple(2**k for k in range(5, 11)), full=tuple(2**k for k in range(5, 13)))
-#: The reference is the mean of REFERENCE_POOLS oracle gradients, each on its own pool of
-#: REFERENCE_SIZE negatives (one pool in memory at a time): its error has covariance
-#: Sigma / N_ref, N_ref = pools x size, and a bias O(1/size) whose square is negligible beside
-#: that. Full needs 2^21: with one pool of 2^19 the reference's error alone left the plateau's
-#: 3 % design unresolved (achieved 1.1-1.45 x designed at every setting).
-REFERENCE_SIZE = Profiled(quick=2**17, full=2**19)
-REFERENCE_POOLS = Profiled(quick=1, full=4)
-#: Replicates of the pilot that measures the squared error's dispersion (then discarded).
-PILOT_REPLICATES = 32
-#: The design plans for this multiple of the pilot's standard errors (themselves estimates).
-PILOT_SAFETY = 1.5
-#: Most replicates per N the budget affords; a design needing more is not applicable.
-MAX_REPLICATES = Profiled(quick=16384, full=65536)
-#: The plateau's designed excess, in units of rel x C/N at the largest N: twice the rate's
-#: relative tolerance. A stated budget choice: at 1x the sphere encoder's rank-5 settings
-#: need ~10^4 replicates per N (30 s of the quick budget for one check); a wrong limit of
-#: that size also tilts the fitted slope by a tenth of its margin.
-PLATEAU_SHARE = 2.0
-#: Replicates per batched program (memory: [chunk, B, N] scores and their graph).
-REPLICATE_CHUNK = 256
-
-
-def _squared_errors(run, problem, levels, replicates: int, generator, g_ref):
-    """``|g_N - g_ref|^2`` and ``cos(g_N, g_ref)``, ``[levels, replicates]``; fresh pools."""
-    errors, cosines = [], []
-    for n in levels:
-        e_n, c_n = [], []
-        for start in range(0, replicates, REPLICATE_CHUNK):
-            k = min(REPLICATE_CHUNK, replicates - start)
-            g = problem.finite(run.subject, problem.negatives(n, generator, (k,)))
-            e_n.append(((g - g_ref) ** 2).sum(-1))
-            c_n.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1))
-        errors.append(torch.cat(e_n).cpu().numpy())
-        cosines.append(torch.cat(c_n).cpu().numpy())
-    return np.array(errors), np.array(cosines)
-
-
-def _replicates_needed(fits: dict, replicates: int, rel: float, plateau_design: float,
-                       rate: float, safety: float = 1.0) -> float:
-    """Replicates per N at which the slope and the plateau decisions resolve their designed
-    sizes, from ``fits`` at ``replicates``: the fit's standard errors shrink as 1/sqrt(R), the
-    reference's own error (a part of the plateau's) does not."""
-    root = math.sqrt(replicates) * safety
-    return max(
-        stats.min_num_samples(root * fits["slope"][1], rel, rate, kind="equivalent"),
-        stats.min_num_samples(root * fits["plateau_fit_se"], plateau_design, rate, kind="at_most",
-                              fixed_standard_error=fits["reference_se"]),
-        PILOT_REPLICATES)
-
-
-def _reference(run, problem, i: int) -> torch.Tensor:
-    """The oracle's gradient averaged over REFERENCE_POOLS pools of REFERENCE_SIZE negatives,
-    drawn from a stream of its own (independent of every finite pool)."""
-    generator = torch.Generator(device=run.device)
-    generator.manual_seed(derive_seed(run.seeds[i], "reference pool") % 2**62)
-    pools = run.pick(REFERENCE_POOLS)
-    return sum(problem.reference(run.pick(REFERENCE_SIZE), generator) for _ in range(pools)) / pools
-
-
-def _consistency_tests(run, problem_type) -> list:
-    levels = run.pick(LEVELS)
-    n_ref = run.pick(REFERENCE_SIZE) * run.pick(REFERENCE_POOLS)
-    n = np.asarray(levels, dtype=np.float64)
-    rate = run.decision_false_fail_rate(2 * len(run.settings))
-    rel = run.relative_discrepancy
-    tests = []
-    for i, setting in enumerate(run.settings):
-        reason = _outside_assumptions(setting)
-        if reason:
-            run.not_applicable(reason, example=i)
-            continue
-        generator = run.generator(i)
-        problem = problem_type.draw(setting, generator)
-        g_ref = _reference(run, problem, i)
-        pilot_errors, pilot_cosines = _squared_errors(run, problem, levels, PILOT_REPLICATES,
-                                                      generator, g_ref)
-        pilot = _rate_fits(n, pilot_errors, n_ref)
-        plateau_design = _plateau_design(rel, pilot, n)
-        needed = _replicates_needed(pilot, PILOT_REPLICATES, rel, plateau_design, rate,
-                                    PILOT_SAFETY)
-        affordable = run.pick(MAX_REPLICATES)
-        if not needed <= affordable:
-            # A plateau the pilot already rejects is a valid FAIL at its false-fail rate
-            # whatever the power; anything else is beyond the budget: not applicable.
-            pilot_tests = _rate_tests(run, i, n, pilot_errors, pilot_cosines, n_ref,
-                                      plateau_design=plateau_design, label="pilot: ")
-            if pilot_tests[1].decide(rate).outcome == "FAIL":
-                tests += pilot_tests
-            else:
-                run.records.pop(f"example {i}", None)
-                run.not_applicable(f"the designed power needs {needed} replicates per N; "
-                                   f"{affordable} fit the {run.profile} budget", example=i)
-            continue
-        errors, cosines = _squared_errors(run, problem, levels, int(needed), generator, g_ref)
-        # Internal pilot (Wittes & Brittain 1990, as claims.large_batch.top_up): where the main
-        # run's own dispersion leaves a design unresolved, draw the rest within the budget.
-        more = _replicates_needed(_rate_fits(n, errors, n_ref), int(needed), rel,
-                                  plateau_design, rate) - needed
-        if 0 < more and needed + more <= affordable:
-            extra = _squared_errors(run, problem, levels, int(more), generator, g_ref)
-            errors, cosines = (np.concatenate(pair, axis=1) for pair in zip((errors, cosines),
-                                                                            extra, strict=True))
-        tests += _rate_tests(run, i, n, errors, cosines, n_ref, plateau_design=plateau_design)
-    curves = [(f"example {i} ({s.critic}, tau={s.tau:.3g})", r["N"], r["mse"], r["mse_se"],
-               r["C"][0]) for i, s in enumerate(run.settings) if (r := run.records.get(f"example {i}"))]
-    series = rate_series(curves)
-    if curves:  # the reference's own error, C/N_ref: far below every measured point
-        series.append({"label": "reference error C/N_ref", "x": [min(levels), max(levels)],
-                       "y": [1.0 / n_ref, 1.0 / n_ref]})
-    run.figure("theta-gradient MSE vs N in units of the fitted constant C", series,
-               xlabel="N (negatives)", ylabel="E|g_N - g_ref|^2 / C", xscale="log", yscale="log")
-    return tests
-
-
-def _rate_fits(n, errors, n_ref) -> dict:
-    """Fits of the squared errors ``[levels, R]``: the log-log slope (with the next order as a
-    nuisance) and the plateau of ``C/N + E/N^2 + D``."""
-    mse, mse_se = stats.mean_se(errors)
-    # The normalised error sqrt(N)(g_N - g) converges in law, so the relative dispersion of
-    # the squared error is the same at every N: pool it. Per-level SEs would be noisy and
-    # correlated with their means (skewed chi-square-like errors), biasing the fit.
-    relative_se = math.sqrt(np.mean((mse_se / mse) ** 2))
-    log_design = np.stack([np.ones_like(n), np.log(n), 1 / n], 1)
-    slope_fit = stats.weighted_least_squares(log_design, np.log(mse), np.full_like(n, relative_se))
-    # weights of the linear fit from the smooth log-log fit, not from the noisy means.
-    smooth_se = relative_se * np.exp(log_design @ slope_fit.coef)
-    plateau_fit = stats.weighted_least_squares(np.stack([1 / n, 1 / n**2, np.ones_like(n)], 1),
-                                               mse, smooth_se)
-    constant, plateau = plateau_fit.coef[0], plateau_fit.coef[2]
-    reference_mse = constant / n_ref
-    # The reference error is one draw of a quadratic form with the same normalised law: its
-    # relative s.d. is sqrt(2 tr Sigma^2) / tr Sigma <= sqrt 2 for a Gaussian error, measured
-    # here by the squared errors' own (finite-N excess kurtosis only makes that larger).
-    reference_se = min(math.sqrt(2), relative_se * math.sqrt(errors.shape[1])) * reference_mse
-    return {
-        "mse": mse, "mse_se": mse_se, "relative_se": relative_se,
-        "slope": (slope_fit.coef[1], slope_fit.standard_error[1]), "slope_fit": slope_fit,
-        "C": (constant, plateau_fit.standard_error[0]), "plateau": plateau,
-        "plateau_fit_se": plateau_fit.standard_error[2], "reference_se": reference_se,
-        "plateau_se": math.hypot(plateau_fit.standard_error[2], reference_se),
-        "reference_mse": reference_mse,
-    }
-
-
-def _plateau_design(rel: float, fits: dict, n) -> float:
-    """PLATEAU_SHARE x rel x C/N at the largest N; when the fitted C is not positive (no 1/N
-    decay at all, e.g. a subject that plateaus from the start) the measured MSE there."""
-    scale = fits["C"][0] / n[-1] if fits["C"][0] > 0 else float(fits["mse"][-1])
-    return PLATEAU_SHARE * rel * scale
-
-
-def _rate_tests(run, example, n, errors, cosines, n_ref, plateau_design=None, label="") -> list:
-    """Decisions for one setting from squared errors ``[levels, R]`` against the reference.
-
-    * slope b of ``log MSE_N = a + b log N + c/N``: the theorem's rate says b = -1; TOST with
-      margin 10 % (quick) / 3 % (full) of it, so an N^(-1/2) error norm (b = -1/2) fails;
-    * plateau D of ``MSE_N = C/N + E/N^2 + D``: at most the reference's own error C/N_ref; the
-      designed excess is PLATEAU_SHARE x that share of C/N at the largest N. A gradient
-      converging to the wrong vector plateaus.
-    """
-    fits = _rate_fits(n, errors, n_ref)
-    rel = run.relative_discrepancy
-    if plateau_design is None:
-        plateau_design = _plateau_design(rel, fits, n)
-    slope, slope_se = fits["slope"]
-    slope_fit = fits["slope_fit"]
-    run.record(f"example {example}", {
-        "N": n.tolist(), "mse": fits["mse"].tolist(), "mse_se": fits["mse_se"].tolist(),
-        "mean_cos": cosines.mean(-1).tolist(), "min_cos": cosines.min(-1).tolist(),
-        "replicates": int(errors.shape[1]), "pilot replicates": PILOT_REPLICATES, "n_ref": n_ref,
-        "reference": "dense float64 autograd of the full-pool loss (independent code)",
-        "relative_se_of_mse": fits["relative_se"],
-        "slope": [slope, slope_se], "slope_fit_chi2_dof": [slope_fit.chi2, slope_fit.dof],
-        "C": list(fits["C"]), "plateau": [fits["plateau"], fits["plateau_se"]],
-        "reference_mse_C_over_Nref": fits["reference_mse"],
-        "reference_mse_over_mse_at_largest_N": fits["reference_mse"] / fits["mse"][-1],
-    })
-    return [
-        stats.equivalent(f"{label}slope of log MSE_N vs log N = -1", slope, slope_se, -1.0,
-                         margin=rel, example=example,
-                         note="fit a + b log N + c/N; error norm ~ N^(b/2); margin: rel of -1"),
-        stats.at_most(f"{label}plateau D of MSE_N = C/N + E/N^2 + D at most C/N_ref", fits["plateau"],
-                      fits["plateau_se"], fits["reference_mse"], discrepancy=plateau_design,
-                      example=example, note="designed excess: PLATEAU_SHARE rel C/N at the largest N"),
-    ]
-
-
-# -- obligations ----------------------------------------------------------------------------
-
-
-def _ratio_linearisation() -> Derivation:
-    # grad log Gamma_hat = (mean of kappa_j grad s_j/tau) / (mean of kappa_j): a ratio of
-    # sample means A + eps a, B + eps b with eps ~ N^{-1/2}. Its first-order error is the
-    # centred mean (a - (A/B) b)/B, whose second moment is Var/N: hence MSE ~ C/N.
-    big_a, a, b, eps = sympy.symbols("A a b epsilon", real=True)
-    big_b = sympy.Symbol("B", positive=True)
-    ratio = (big_a + eps * a) / (big_b + eps * b)
-    return Derivation("d/d eps of the self-normalised ratio at eps = 0 is (a - (A/B) b)/B",
-                      sympy.Subs(sympy.Derivative(ratio, eps), eps, 0),
-                      (a - big_a / big_b * b) / big_b)
-
+from cgeom_verify.experiments import encoder_gradient as experiment
+from cgeom_verify.experiments.encoder_gradient import (
+    STOP_GRADIENT_BUG,
+    SUBJECT,
+    SymmetricProblem,
+    UnimodalProblem,
+    encoder_settings,
+    symmetric_settings,
+)
 
 # -- Thm 3.1 --------------------------------------------------------------------------------
 
@@ -560,7 +59,71 @@ unimodal_gradient = Claim(
     subject=SUBJECT,
 )
 
-unimodal_gradient.obligation("self-normalised ratio error is a centred mean")(_ratio_linearisation)
+
+@unimodal_gradient.obligation("self-normalised ratio error is a centred mean")
+def ratio_linearisation() -> Derivation:
+    # grad log Gamma_hat = (mean of kappa_j grad s_j/tau) / (mean of kappa_j): a ratio of
+    # sample means A + eps a, B + eps b with eps ~ N^{-1/2}. Its first-order error is the
+    # centred mean (a - (A/B) b)/B, whose second moment is Var/N: hence MSE ~ C/N.
+    big_a, a, b, eps = sympy.symbols("A a b epsilon", real=True)
+    big_b = sympy.Symbol("B", positive=True)
+    ratio = (big_a + eps * a) / (big_b + eps * b)
+    return Derivation("d/d eps of the self-normalised ratio at eps = 0 is (a - (A/B) b)/B",
+                      sympy.Subs(sympy.Derivative(ratio, eps), eps, 0),
+                      (a - big_a / big_b * b) / big_b)
+
+
+def rate_tests(run, measured: experiment.RateMeasurement, label: str = "") -> list:
+    """Decisions for one setting from its squared errors against the reference.
+
+    * slope b of ``log MSE_N = a + b log N + c/N``: the theorem's rate says b = -1; TOST with
+      margin 10 % (quick) / 3 % (full) of it, so an N^(-1/2) error norm (b = -1/2) fails;
+    * plateau D of ``MSE_N = C/N + E/N^2 + D``: at most the reference's own error C/N_ref; the
+      designed excess is PLATEAU_SHARE x that share of C/N at the largest N. A gradient
+      converging to the wrong vector plateaus.
+    """
+    fit = measured.fit
+    slope, slope_se = fit.slope
+    return [
+        stats.equivalent(f"{label}slope of log MSE_N vs log N = -1", slope, slope_se, -1.0,
+                         margin=run.relative_discrepancy, example=measured.example,
+                         note="fit a + b log N + c/N; error norm ~ N^(b/2); margin: rel of -1"),
+        stats.at_most(f"{label}plateau D of MSE_N = C/N + E/N^2 + D at most C/N_ref", fit.plateau,
+                      fit.plateau_se, fit.reference_mse, discrepancy=measured.plateau_design,
+                      example=measured.example,
+                      note="designed excess: PLATEAU_SHARE rel C/N at the largest N"),
+    ]
+
+
+def _consistency_tests(run, problem_type) -> list:
+    """The rate decisions (:func:`rate_tests`) per applicable setting, on the main run its pilot
+    designed (``experiment.plan_rate``, ``experiment.measure_rate``), shared by Thm 3.1 and 4.1."""
+    rate = run.decision_false_fail_rate(2 * len(run.settings))
+    tests, measured = [], []
+    for i, setting in enumerate(run.settings):
+        reason = experiment.outside_assumptions(setting)
+        if reason:
+            run.not_applicable(reason, example=i)
+            continue
+        design = experiment.plan_rate(run, i, setting, problem_type, rate)
+        if design.within_budget:
+            measurement, label = experiment.measure_rate(run, design, rate), ""
+        else:
+            measurement, label = design.pilot, "pilot: "
+        decisions = rate_tests(run, measurement, label)
+        # A plateau the pilot already rejects is a valid FAIL at its false-fail rate
+        # whatever the power; anything else is beyond the budget: not applicable.
+        if not design.within_budget and decisions[1].decide(rate).outcome != "FAIL":
+            run.not_applicable(f"the designed power needs {design.needed} replicates per N; "
+                               f"{design.affordable} fit the {run.profile} budget", example=i)
+            continue
+        run.record(f"example {i}", measurement.row())
+        measured.append(measurement)
+        tests += decisions
+    run.figure("theta-gradient MSE vs N in units of the fitted constant C",
+               experiment.rate_figure_series(run, measured),
+               xlabel="N (negatives)", ylabel="E|g_N - g_ref|^2 / C", xscale="log", yscale="log")
+    return tests
 
 
 @unimodal_gradient.check("MSE of the theta-gradient decays as 1/N", settings=encoder_settings(),
@@ -587,8 +150,7 @@ symmetric_gradient = Claim(
     subject=SUBJECT,
 )
 
-symmetric_gradient.obligation("self-normalised ratio error is a centred mean")(
-    _ratio_linearisation)
+symmetric_gradient.obligation("self-normalised ratio error is a centred mean")(ratio_linearisation)
 
 
 @symmetric_gradient.check("MSE of the symmetric-loss gradient decays as 1/N",
@@ -603,127 +165,6 @@ symmetric_gradient.control(
     description="both modalities' negatives detached: the gradient converges to the wrong vector")
 
 # -- Fig. 2 reproduction --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fig2Panel:
-    """One critic of the authors' Fig. 2 and the number they report at N = 256."""
-
-    critic: str
-    tau: float
-    augmentation: float
-    reported_cos_at_256: float
-
-    @property
-    def output(self) -> str:
-        return OUTPUT_OF_CRITIC[self.critic]
-
-
-FIG2_PANELS = (Fig2Panel("cosine", 0.1, 0.05, 0.94), Fig2Panel("rbf", 1.0, 0.2, 0.96))
-FIG2_N = tuple(2**k for k in range(2, 11))
-FIG2_REFERENCE, FIG2_ANCHORS, FIG2_INPUT_DIM, FIG2_EMBED_DIM = 4096, 64, 64, 128
-#: the authors' seed count: their reported mean carries the SEM of 20 seeds.
-AUTHORS_SEEDS = 20
-#: seeds of the pilot that measures the per-seed dispersion (then discarded), and the most
-#: seeds the budget affords (batched: one program per panel).
-FIG2_PILOT_SEEDS = 8
-#: the reproduction's seed floor: an 8-seed pilot's s.d. is itself uncertain by ~25 %, and
-#: at 12 seeds the achieved detectable size reached 0.92 of the margin.
-FIG2_MIN_SEEDS = 32
-FIG2_MAX_SEEDS = Profiled(quick=96, full=400)
-FIG2_SAFETY = 1.25
-#: Agreement with a reported value: a two-digit report r of a 20-seed mean stands for
-#: [r - 0.005, r + 0.005] *and* carries that mean's own seed error (per-seed s.d. of the
-#: cosine at N = 256 measured 0.010-0.016, so its SEM is 0.0022-0.0036). Whatever our seed
-#: count, the decision's standard error is at least that SEM, and TOST resolves ~5.6 x its
-#: standard error: the report supports nothing finer than 0.005 + 5.6 x 0.0036 ~ 0.025.
-#: Agreement is designed at +-0.03 (in 1 - cos: half the reported 0.06 misalignment), which
-#: leaves room for the s.d.'s own seed-to-seed variation (at +-0.025 a seed with s.d. 0.016
-#: came out UNDERPOWERED at 64 seeds).
-FIG2_MARGIN = 0.03
-#: The designed excess of the one-mixture protocol's cos at N = 256 over the fresh-mixture
-#: one: half the gap the full profile measured (0.964 vs 0.940).
-PROTOCOL_GAP = 0.012
-
-
-@dataclass(frozen=True)
-class _Fig2Setting:
-    tau: float
-    critic: str
-    output: str
-    include_positive: bool = True
-
-
-def fig2_curves(subject, panel: Fig2Panel, seeds: int, generator: torch.Generator,
-                protocols=("fresh", "one"), levels=FIG2_N) -> dict[str, dict[str, np.ndarray]]:
-    """Per protocol, cos, relative error and norm ratio of g_N vs g_ref, ``[seeds, len(FIG2_N)]``.
-
-    Protocols: ``"fresh"`` (the authors' code: the negative pool comes from a freshly drawn
-    mixture) and ``"one"`` (anchors and negatives from one mixture), sharing W, the data
-    mixture, anchors and positives seed by seed (paired). All seeds in one batch. g_ref is the
-    N_ref = 4096 gradient of the pool (each g_N uses its first N negatives), computed by the
-    independent dense oracle, never by the subject.
-    """
-    def mixture():
-        return encoder.random_mixture((seeds,), COMPONENTS, FIG2_INPUT_DIM, radius=RADIUS,
-                                      sigma=SIGMA, generator=generator)
-
-    weights = encoder.init_weights((seeds,), FIG2_EMBED_DIM, FIG2_INPUT_DIM, generator)
-    data = mixture()
-    anchors = data.sample(FIG2_ANCHORS, generator)
-    positives = encoder.augment(anchors, panel.augmentation, generator)
-    pools = {"fresh": mixture().sample(FIG2_REFERENCE, generator),
-             "one": data.sample(FIG2_REFERENCE, generator)}
-    options = {"output": panel.output, "critic": panel.critic, "include_positive": True}
-    oracle_setting = _Fig2Setting(panel.tau, panel.critic, panel.output)
-    out = {}
-    for protocol in protocols:
-        pool = pools[protocol]
-        g_ref = oracle_gradient((weights,), (anchors, positives), (pool,), oracle_setting)
-        cos, rel, norm = [], [], []
-        for n in levels:
-            g = subject.unimodal(weights, anchors, positives, pool[..., :n, :], panel.tau,
-                                 **options).flatten(-2)
-            cos.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1))
-            rel.append((g - g_ref).norm(dim=-1) / g_ref.norm(dim=-1))
-            norm.append(g.norm(dim=-1) / g_ref.norm(dim=-1))
-        out[protocol] = {k: torch.stack(v, -1).cpu().numpy() for k, v in
-                         (("cos", cos), ("relative_error", rel), ("norm_ratio", norm))}
-    return out
-
-
-def _cos_256(curves, levels=FIG2_N) -> np.ndarray:
-    return curves["cos"][:, levels.index(256)]
-
-
-def _record_panel(run, panel: Fig2Panel, protocol: str, curves: dict, seeds: int) -> None:
-    table = {k: [list(map(float, pair)) for pair in zip(*stats.mean_se(v, axis=0), strict=True)]
-             for k, v in curves.items()}
-    mean_cos = curves["cos"].mean(0)
-    crossing = next((n for n, c in zip(FIG2_N, mean_cos, strict=True) if c > 0.95), None)
-    run.record(f"{panel.critic} critic, {protocol} mixture", {
-        "N": list(FIG2_N), "seeds": seeds, "n_ref": FIG2_REFERENCE,
-        "fresh_pool_mixture": protocol == "fresh",
-        "cos [mean, sem]": table["cos"], "relative_error [mean, sem]": table["relative_error"],
-        "norm_ratio |g_N|/|g_ref| [mean, sem]": table["norm_ratio"],
-        "smallest N with mean cos > 0.95": crossing,
-        "reported cos at N=256": panel.reported_cos_at_256,
-    })
-
-
-def _pilot_generator(run) -> torch.Generator:
-    generator = torch.Generator(device=run.device)
-    generator.manual_seed(derive_seed(run.check_seed, "pilot") % 2**62)
-    return generator
-
-
-def _reproduction_seeds(sd: float, rate: float) -> float:
-    """Seeds S with (z_{1-a/2} + z_{1-b}) hypot(sd/sqrt(S), sd/sqrt(20)) <= FIG2_MARGIN (inf if
-    the reported mean's own SEM alone exceeds the resolvable size)."""
-    allowed = FIG2_MARGIN / stats.min_discrepancy(FIG2_SAFETY, rate, kind="equivalent")
-    room = allowed**2 - sd**2 / AUTHORS_SEEDS
-    return math.ceil(sd**2 / room) if room > 0 else math.inf
-
 
 figure2 = Claim(
     id="fig2-gradient-alignment",
@@ -750,31 +191,32 @@ def relative_error_identity():
                       r**2 - 2 * r * sympy.cos(phi) + 1)
 
 
+def _record_panel(run, panel: experiment.Fig2Panel, protocol: str, curves: dict, seeds: int) -> None:
+    run.record(f"{panel.critic} critic, {protocol} mixture",
+               experiment.panel_row(panel, protocol, curves, seeds))
+
+
 @figure2.check("Fig. 2 as coded: negative pool from a freshly drawn mixture",
                settings=st.just("fig2"), examples=Profiled(quick=1, full=1))
 def fig2_as_coded(run):
     """The reported value per critic, TOST at +-FIG2_MARGIN, with the SEM of both 20-seed-scale
     means combined (the reported one estimated by ours rescaled to 20 seeds) and Welch degrees
-    of freedom. Seeds from the pilot's per-seed dispersion."""
-    rate = run.decision_false_fail_rate(len(FIG2_PANELS))
+    of freedom. Seeds from the pilot's per-seed dispersion (``experiment.reproduction_seeds``)."""
+    rate = run.decision_false_fail_rate(len(experiment.FIG2_PANELS))
     tests = []
-    for panel in FIG2_PANELS:
-        pilot = fig2_curves(run.subject, panel, FIG2_PILOT_SEEDS, _pilot_generator(run),
-                            protocols=("fresh",))
-        seeds = _reproduction_seeds(float(_cos_256(pilot["fresh"]).std(ddof=1)), rate)
-        if not seeds <= run.pick(FIG2_MAX_SEEDS):
-            seeds = run.pick(FIG2_MAX_SEEDS)  # the decision will say UNDERPOWERED
-        seeds = max(int(seeds), FIG2_MIN_SEEDS)
-        curves = fig2_curves(run.subject, panel, seeds, run.generator(0), protocols=("fresh",))
-        _record_panel(run, panel, "fresh", curves["fresh"], seeds)
-        cos = _cos_256(curves["fresh"])
+    for panel in experiment.FIG2_PANELS:
+        seeds = experiment.reproduction_seeds(run, panel, rate)
+        curves = experiment.fig2_curves(run.subject, panel, seeds, run.generator(0),
+                                        protocols=("fresh",))["fresh"]
+        _record_panel(run, panel, "fresh", curves, seeds)
+        cos = experiment.cos_at_256(curves)
         mean, sem = stats.mean_se(cos)
-        theirs = cos.std(ddof=1) / math.sqrt(AUTHORS_SEEDS)
+        theirs = cos.std(ddof=1) / math.sqrt(experiment.AUTHORS_SEEDS)
         se = math.hypot(sem, theirs)
-        df = se**4 / (sem**4 / (seeds - 1) + theirs**4 / (AUTHORS_SEEDS - 1))
+        df = se**4 / (sem**4 / (seeds - 1) + theirs**4 / (experiment.AUTHORS_SEEDS - 1))
         tests.append(stats.equivalent(
             f"{panel.critic}: mean cos at N=256 = reported {panel.reported_cos_at_256}",
-            float(mean), se, panel.reported_cos_at_256, margin=FIG2_MARGIN, df=df,
+            float(mean), se, panel.reported_cos_at_256, margin=experiment.FIG2_MARGIN, df=df,
             note=f"{seeds} seeds; margin: 2-digit report of a 20-seed mean (see FIG2_MARGIN)"))
     return tests
 
@@ -788,21 +230,16 @@ def fig2_one_mixture(run):
     belongs to the fresh-mixture protocol. Decided on the paired difference, with the designed
     excess PROTOCOL_GAP; the RBF panel barely moves between protocols and is recorded only.
     """
-    panel = FIG2_PANELS[0]
-    rate = run.decision_false_fail_rate(1)
-    pilot = fig2_curves(run.subject, panel, FIG2_PILOT_SEEDS, _pilot_generator(run))
-    sd = float((_cos_256(pilot["one"]) - _cos_256(pilot["fresh"])).std(ddof=1))
-    seeds = stats.min_num_samples(FIG2_SAFETY * sd, PROTOCOL_GAP, rate, kind="exceeds")
-    seeds = max(min(seeds, run.pick(FIG2_MAX_SEEDS)), FIG2_PILOT_SEEDS)
+    panel = experiment.FIG2_PANELS[0]
+    design = experiment.protocol_design(run, panel, run.decision_false_fail_rate(1))
     # the decision needs N = 256 only (the pilot's full curves of both protocols are recorded)
     for protocol in ("one", "fresh"):
-        _record_panel(run, panel, protocol, pilot[protocol], FIG2_PILOT_SEEDS)
-    curves = fig2_curves(run.subject, panel, seeds, run.generator(0), levels=(256,))
-    gap = _cos_256(curves["one"], (256,)) - _cos_256(curves["fresh"], (256,))
-    mean, se = stats.mean_se(gap)
+        _record_panel(run, panel, protocol, design.pilot[protocol], experiment.FIG2_PILOT_SEEDS)
+    mean, se = stats.mean_se(experiment.protocol_gaps(run, panel, design.seeds))
+    gap = experiment.PROTOCOL_GAP
     return [stats.exceeds("cosine: mean cos at N=256, one mixture minus fresh mixture > 0",
-                          float(mean), float(se), 0.0, effect=PROTOCOL_GAP, df=seeds - 1,
-                          note=f"{seeds} paired seeds; designed excess {PROTOCOL_GAP}")]
+                          float(mean), float(se), 0.0, effect=gap, df=design.seeds - 1,
+                          note=f"{design.seeds} paired seeds; designed excess {gap}")]
 
 
 figure2.control(

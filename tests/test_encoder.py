@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from cgeom_verify.claim import CheckRun
+from cgeom_verify.experiments import encoder_gradient as experiment
+from cgeom_verify.experiments.encoder_gradient import (
+    SUBJECT,
+    EncoderSetting,
+    SymmetricProblem,
+    SymmetricSetting,
+    UnimodalProblem,
+    oracle_gradient,
+)
 from cgeom_verify.kernels import encoder, infonce
-from claims.encoder_gradient import _rate_tests
+from claims.encoder_gradient import rate_tests
 
 CRITICS = [("cosine", "sphere"), ("rbf", "tanh")]
 
@@ -169,6 +178,13 @@ def test_symmetric_gradient_and_streamed_reference_agree():
         assert torch.allclose(d, 0.5 * (g12 + g21), rtol=0, atol=1e-12)
 
 
+def _measurement(run, n, errors):
+    # squared errors [levels, R] against a reference of 2^19, the plateau designed from their fit
+    fit = experiment.fit_rate(n, errors, 2**19)
+    return experiment.RateMeasurement(0, fit, np.ones_like(errors),
+                                      experiment.plateau_design(run.relative_discrepancy, fit))
+
+
 def _rate_decisions(plateau, replicates=4096):
     # Squared errors with the exact law C/N * chi2_5/5 (+ a plateau), on the quick grid.
     rng = np.random.default_rng(0)
@@ -176,8 +192,9 @@ def _rate_decisions(plateau, replicates=4096):
     errors = 3.0 / n[:, None] * rng.chisquare(5, (len(n), replicates)) / 5 + plateau
     run = CheckRun(settings=[None], seeds=[0], check_seed=0, subject=None, profile="quick",
                    device=torch.device("cpu"))
-    tests = _rate_tests(run, 0, n, errors, np.ones_like(errors), 2**19)
-    assert set(run.records["example 0"]) >= {"slope", "plateau", "reference_mse_C_over_Nref"}
+    measured = _measurement(run, n, errors)
+    tests = rate_tests(run, measured)
+    assert set(measured.row()) >= {"slope", "plateau", "reference_mse_C_over_Nref"}
     assert [t.kind for t in tests] == ["equivalent", "at_most"]
     return [t.decide(1e-5).outcome for t in tests]
 
@@ -198,7 +215,7 @@ def test_rate_decisions_reject_the_square_root_rate():
     errors = 3.0 / np.sqrt(n)[:, None] * rng.chisquare(5, (len(n), 4096)) / 5
     run = CheckRun(settings=[None], seeds=[0], check_seed=0, subject=None, profile="quick",
                    device=torch.device("cpu"))
-    slope = _rate_tests(run, 0, n, errors, np.ones_like(errors), 2**19)[0]
+    slope = rate_tests(run, _measurement(run, n, errors))[0]
     assert slope.decide(1e-5).outcome == "FAIL"
 
 
@@ -210,8 +227,6 @@ def test_few_replicates_are_underpowered_not_a_pass():
 @pytest.mark.parametrize("include_positive", [False, True])
 def test_oracle_equals_the_subjects_gradient_on_the_same_pool(critic, output, include_positive):
     # the independent dense oracle and the subject's kernels agree to rounding on one pool
-    from claims.encoder_gradient import SUBJECT, EncoderSetting, UnimodalProblem, oracle_gradient
-
     setting = EncoderSetting(input_dim=6, embed_dim=5, critic=critic, tau=0.4,
                              include_positive=include_positive, anchors=4, augmentation=0.2)
     gen = _generator(3)
@@ -223,8 +238,6 @@ def test_oracle_equals_the_subjects_gradient_on_the_same_pool(critic, output, in
 
 
 def test_oracle_symmetric_equals_the_subjects_gradient():
-    from claims.encoder_gradient import SUBJECT, SymmetricProblem, SymmetricSetting, oracle_gradient
-
     setting = SymmetricSetting(input_dim=6, embed_dim=5, critic="cosine", tau=0.4,
                                include_positive=True, anchors=3, augmentation=0.2,
                                second_input_dim=5)
