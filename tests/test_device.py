@@ -59,8 +59,8 @@ import claims as claims_package
 from cgeom_verify import registry
 from cgeom_verify.claim import Check, Profiled
 from cgeom_verify.evidence import check_evidence, control_evidence
+from cgeom_verify.experiments.particle_reproduction import Design
 from cgeom_verify.settings import RunConfig
-from claims.particle_reproduction import Design
 
 PROJECT_DIRS = tuple(
     str(Path(p.__file__).resolve().parent) + "/" for p in (cgeom_verify, claims_package)
@@ -318,7 +318,7 @@ SHRINK = {
             full=dict(points=64, steps=8, pairs=512, min_steps=8),
         ),
     },
-    "claims.particle_reproduction": {
+    "cgeom_verify.experiments.particle_reproduction": {
         "REPRODUCTION_DESIGN": Profiled(quick=Design(particles=96, steps=10, seeds=3),
                                         full=Design(particles=96, steps=10, seeds=3)),
         "BIAS_DESIGN": Profiled(quick=Design(particles=96, steps=10, seeds=3),

@@ -129,20 +129,21 @@ def test_bad_input_is_an_error():
 
 def test_seed_design_resolves_the_margin_with_t_quantiles():
     from cgeom_verify import stats
-    from claims import particle_reproduction as pr
+    from cgeom_verify.experiments.particle_reproduction import design_seeds
 
-    n = pr._design_seeds(0.02, 0.02, 1e-4, 0.05, "equivalent")
+    n = design_seeds(0.02, 0.02, 1e-4, 0.05, "equivalent")
     assert stats.min_discrepancy(0.02 / (n ** 0.5), 1e-4, 0.05, kind="equivalent",
                                  df=n - 1) <= 0.02
-    assert pr._design_seeds(0.04, 0.02, 1e-4, 0.05, "equivalent") > n  # larger s.d., more seeds
+    assert design_seeds(0.04, 0.02, 1e-4, 0.05, "equivalent") > n  # larger s.d., more seeds
 
 
 def test_cap_quadrature_closed_form_decision_passes():
     from cgeom_verify.claim import CheckRun
-    from claims import particle_reproduction as pr
+    from cgeom_verify.experiments.particle_reproduction import KDESurrogate
+    from claims.particle_reproduction import cap_quadrature_test
 
-    run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=pr.KDESurrogate(),
+    run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=KDESurrogate(),
                    profile="quick", device=torch.device("cpu"))
-    (test,) = pr._cap_quadrature_closed_form(run, [10.0, 1.0, 0.2, 0.1])
+    (test,) = cap_quadrature_test(run, [10.0, 1.0, 0.2, 0.1])
     decision = test.decide(1e-3)
     assert decision.passed and decision.designed < 1e-9
