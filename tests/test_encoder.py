@@ -246,3 +246,12 @@ def test_oracle_symmetric_equals_the_subjects_gradient():
     pool = problem.negatives(400, gen)
     reference = oracle_gradient(problem.weights, problem.inputs, pool, setting)
     assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
+
+
+def test_a_plateauing_subject_gets_a_nonnegative_reference_error():
+    # squared errors that grow with N: the fitted C is negative, the reference's s.e. is not
+    # (master seeds 1015-1017 raised in the planner before this)
+    n = np.array([32.0, 64.0, 128.0, 256.0])
+    errors = np.random.default_rng(0).gamma(4.0, 1.0, (4, 64)) * (1.0 + n[:, None] / 256)
+    fit = experiment.fit_rate(n, errors, 2**17)
+    assert fit.reference_mse < 0 <= fit.reference_se

@@ -397,7 +397,8 @@ def fit_rate(n, errors, n_ref) -> RateFit:
     # The reference error is one draw of a quadratic form with the same normalised law: its
     # relative s.d. is sqrt(2 tr Sigma^2) / tr Sigma <= sqrt 2 for a Gaussian error, measured
     # here by the squared errors' own (finite-N excess kurtosis only makes that larger).
-    reference_se = min(math.sqrt(2), relative_se * math.sqrt(errors.shape[1])) * reference_mse
+    # |C|: a fit without 1/N decay (a plateauing subject) can return C < 0.
+    reference_se = min(math.sqrt(2), relative_se * math.sqrt(errors.shape[1])) * abs(reference_mse)
     return RateFit(n, n_ref, int(errors.shape[1]), mse, mse_se, relative_se, slope_fit, plateau_fit,
                    reference_mse, reference_se)
 
