@@ -21,261 +21,38 @@ and states:
 Numerically everything runs on quadrature grids (S^1 trapezoid, S^2 Gauss-Legendre x
 uniform). On a grid's discrete measure the identities hold *exactly* (the proofs use nothing
 but ``∫ rho = 1``), so they are checked to floating-point precision with Higham's a priori
-summation bound (:mod:`cgeom_verify.kernels.quadrature`). Because they hold for *any* grid
-weights, every check also compares the same kernels against vMF closed forms (the normaliser
-V_d, the mean resultant length A_d, F and KL of vMF densities) in every run, whatever family
-was drawn. On S^2 the tie-breaker ratio is exact at every tau (no extrapolation), decided with
-a rigorous quadrature bound; in higher d the limit is fitted with its tau-correction as a
+summation bound. Because they hold for *any* grid weights, every check also compares the same
+kernels against vMF closed forms (V_d, A_d, F and KL of vMF densities) in every run, whatever
+family was drawn. On S^2 the tie-breaker ratio is exact at every tau (no extrapolation), decided
+with a rigorous quadrature bound; in higher d the limit is fitted with its tau-correction as a
 nuisance and decided by TOST with a designed sample size.
+
+Settings, grids, bounds and the batched evaluations: :mod:`cgeom_verify.experiments.unimodal_landscape`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import replace
 
-import hypothesis.strategies as st
 import numpy as np
 import sympy
-import torch
 
 from cgeom_verify import Claim, Derivation, Profiled, stats
-from cgeom_verify.kernels import divergence_geometry as geo
-from cgeom_verify.kernels import gibbs, landscape, quadrature, vmf
+from cgeom_verify.experiments import unimodal_landscape as experiment
+from cgeom_verify.experiments.unimodal_landscape import (
+    CLOSED_FORM_KAPPA,
+    CONCENTRATION_TAUS,
+    LaplaceTieBreak,
+    high_dim_well_pair_settings,
+    landscape_settings,
+    mirror_descent_settings,
+    potential_settings,
+    well_pair_settings,
+)
 from cgeom_verify.kernels.landscape import IntrinsicEnergy
 
-# -- settings ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PotentialSetting:
-    """A random potential family on S^1 (sphere=2) or S^2 (sphere=3).
-
-    ``family`` "vmf-mixture": ``size`` wells at concentration ``scale``; "harmonic": degree
-    ``size`` spherical-harmonic polynomial with amplitude ``scale``.
-    """
-
-    sphere: int
-    family: str
-    size: int
-    scale: float
-
-
-@dataclass(frozen=True)
-class LandscapeSetting:
-    potential: PotentialSetting
-    taus: tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class MirrorDescentSetting:
-    landscape: LandscapeSetting
-    step_size: float
-
-
-@dataclass(frozen=True)
-class WellPairSetting:
-    """Antipodal wells ``a_wide (1 - <z, m>)`` and ``ratio * a_wide (1 + <z, m>)`` on S^2, with
-    m at ``colatitude``, ``azimuth`` (a generic orientation relative to the grid)."""
-
-    a_wide: float
-    ratio: float
-    colatitude: float
-    azimuth: float
-
-
-@dataclass(frozen=True)
-class HighDimWellPairSetting:
-    """The same antipodal wells on S^{dim-1}; m is drawn uniformly (the law is invariant)."""
-
-    dim: int
-    a_wide: float
-    ratio: float
-
-
-def _potential_settings():
-    def family(name, scale):
-        return st.builds(PotentialSetting, sphere=st.sampled_from((2, 3)), family=st.just(name),
-                         size=st.integers(1, 4), scale=scale)
-
-    return st.one_of(family("vmf-mixture", st.floats(1.0, 20.0)),
-                     family("harmonic", st.floats(0.2, 2.0)))
-
-
-def _landscape_settings():
-    taus = st.tuples(*[st.floats(0.05, 5.0)] * 3)
-    return st.builds(LandscapeSetting, potential=_potential_settings(), taus=taus)
-
-
-#: Random potentials drawn per setting; they, the temperatures and the random densities run
-#: as one batch.
-POTENTIALS = 4
-
-
-def _grid(sphere: int, device):
-    """The quadrature grid a potential setting lives on (identities are exact on any grid)."""
-    if sphere == 2:
-        return quadrature.circle_grid(*GRID_SHAPES[2], device=device)
-    return quadrature.sphere_grid(*GRID_SHAPES[3], device=device)
-
-
-def _potentials(setting: PotentialSetting, count: int, generator, device):
-    """``(weights[M], U[count, M])`` for a potential setting."""
-    points, weights = _grid(setting.sphere, device)
-    if setting.family == "vmf-mixture":
-        u = landscape.random_mixture_potential(points, count, setting.size, setting.scale,
-                                               generator)
-    elif setting.family == "harmonic":
-        u = landscape.random_harmonic_potential(points, count, setting.size, setting.scale,
-                                                generator)
-    else:
-        raise ValueError(f"unknown potential family {setting.family!r}")
-    return weights, u
-
-
-def _rounding_bound(weights, log_densities, *magnitudes):
-    """Floating-point bound for an identity between quadrature sums ``∫ rho (terms)``.
-
-    At a node, every term is at most (sum of the densities) x ``s`` with ``s = 1 + sum |m|``
-    over the node's magnitudes (|U|/tau, |log rho|, |log Z|); the log-densities themselves
-    carry an absolute rounding of a few ulp of ``s``, which multiplies the integrand, hence
-    ``s^2``. Higham's bound then caps the error of all sums at ``gamma_n sum_k q_k rho_k s_k^2``.
-    """
-    mass = sum(torch.exp(ld) for ld in log_densities)
-    scale = 1.0 + sum(m.abs() for m in magnitudes)
-    return quadrature.summation_error_bound((weights * mass * scale**2).sum(-1),
-                                            weights.shape[-1])
-
-
-#: Largest vMF concentration of the closed-form checks on each grid: there the derived
-#: quadrature bound (Taylor tail of e^{kappa <m,z>} beyond the exact degree, 95 on the circle,
-#: 47 on the sphere) is below 1e-9, far under any normalisation or temperature error.
-CLOSED_FORM_KAPPA = {2: 30.0, 3: 10.0}
-GRID_SHAPES = {2: (96,), 3: (24, 48)}
-
-
-def _closed_form_setup(sphere, taus, device, generator):
-    """A linear potential ``U = -a <z, m>`` per tau with ``kappa = a/tau <= CLOSED_FORM_KAPPA``:
-    its Gibbs density is vMF(m, kappa), ``Z_tau = V_d(kappa)``, ``min F = -log V_d(kappa)`` and
-    ``E_{rho*}<z, m> = A_d(kappa)`` (closed forms, :mod:`vmf`, independent of the grid)."""
-    points, weights = _grid(sphere, device)
-    exact = quadrature.exact_degree(sphere, GRID_SHAPES[sphere])
-    taus = np.asarray(taus, dtype=np.float64)
-    amplitude = np.minimum(1.0, CLOSED_FORM_KAPPA[sphere] * taus)
-    kappa = amplitude / taus
-    m = vmf.sample_uniform_sphere((), sphere, generator)
-    cosine = points @ m  # [M]
-    u = -torch.as_tensor(amplitude, dtype=points.dtype, device=device)[:, None] * cosine  # [K, M]
-    z_err = quadrature.exp_polynomial_quadrature_bound(kappa, 0, 1.0, exact, sphere)
-    return {"points": points, "weights": weights, "exact": exact, "kappa": kappa, "u": u,
-            "cosine": cosine, "z_err": z_err, "tau": torch.as_tensor(taus, dtype=points.dtype,
-                                                                     device=device)}
-
-
-def _closed_form_gibbs(run, i, sphere, taus, generator):
-    """Every run, whatever potential family was drawn: the subject's Gibbs minimiser on this
-    check's grid against the closed forms of a linear potential (the grid identities of the
-    other decisions hold for *any* quadrature weights; these do not):
-
-    * ``F(rho*) = -log V_d(kappa)`` (the vMF normaliser), bound: relative quadrature error e0
-      of ``Z`` (``-log(1 - e0)``) + rounding + the stated accuracy of ``log V_d``;
-    * ``E_{rho*}<z, m> = A_d(kappa)``, bound ``(e1 + A e0)/(1 - e0)`` + rounding, e1 the
-      quadrature error of the degree-1 moment.
-    """
-    energy: IntrinsicEnergy = run.subject
-    c = _closed_form_setup(sphere, taus, run.device, generator)
-    weights, u, tau, kappa = c["weights"], c["u"], c["tau"], c["kappa"]
-    log_star = energy.minimizer_log_density(u, tau, weights)  # [K, M]
-    log_z = gibbs.log_partition_function(u, tau, weights)
-    f_star = energy.energy(log_star, u, tau, weights)
-    log_v = vmf.log_kernel_volume(sphere, kappa)
-    e0 = c["z_err"]
-    bound_f = (_rounding_bound(weights, (log_star,), u / tau[:, None], log_star, log_z[:, None])
-               + run.tensor(-np.log1p(-e0) + geo.log_volume_rounding(kappa)))
-    k = _worst(f_star + run.tensor(log_v), bound_f)
-    tests = [stats.within_precision(
-        "closed form: F(rho*) = -log V_d(a/tau) for U = -a<z,m> (worst tau)", f_star[k],
-        -float(log_v[k]), bound_f[k], example=i,
-        note=f"vMF normaliser; kappa <= {CLOSED_FORM_KAPPA[sphere]:g}; bound: quadrature "
-             "(Taylor tail) + Higham")]
-    mean = landscape.expectation(c["cosine"], log_star, weights)
-    a_d = vmf.mean_resultant_length(sphere, kappa)
-    e1 = quadrature.exp_polynomial_quadrature_bound(kappa, 1, 1.0, c["exact"], sphere)
-    bound_m = (quadrature.summation_error_bound(
-        (weights * torch.exp(log_star) * c["cosine"].abs()).sum(-1), weights.shape[-1])
-        + run.tensor((e1 + a_d * e0) / (1 - e0) + 64 * quadrature.UNIT_ROUNDOFF))
-    k = _worst(mean - run.tensor(a_d), bound_m)
-    tests.append(stats.within_precision(
-        "closed form: E_rho*<z,m> = A_d(a/tau) (worst tau)", mean[k], float(a_d[k]), bound_m[k],
-        example=i, note="mean resultant length of the vMF Gibbs density"))
-    return tests
-
-
-def _closed_form_energy(run, i, sphere, tau, generator, count: int = 16):
-    """Every run: the subject's F and the KL functional at single-vMF densities (normalised in
-    closed form, not on the grid) against ``F(vMF(m,k)) = -(a/tau) A_d(k)<u,m> + k A_d(k) -
-    log V_d(k)`` and ``KL(vMF0||vMF1) = k0 A(k0) - k1 A(k0)<m0,m1> - log V(k0) + log V(k1)``.
-    Bound: the derived quadrature error of each vMF x degree-1 integrand + rounding."""
-    energy: IntrinsicEnergy = run.subject
-    points, weights = _grid(sphere, run.device)
-    exact = quadrature.exact_degree(sphere, GRID_SHAPES[sphere])
-    kmax = CLOSED_FORM_KAPPA[sphere] / 2
-    means = vmf.sample_uniform_sphere((2, count), sphere, generator)
-    kap = 0.5 + (kmax - 0.5) * torch.rand(2, count, generator=generator, dtype=points.dtype,
-                                          device=run.device)
-    direction = vmf.sample_uniform_sphere((count,), sphere, generator)
-    a = 1.0
-    k_np = kap.cpu().numpy()
-    log_v = vmf.log_kernel_volume(sphere, k_np)  # [2, B]
-    log_rho = kap[..., None] * (means @ points.T) - run.tensor(log_v)[..., None]  # [2, B, M]
-    u = -a * (direction @ points.T)  # [B, M]
-    f = energy.energy(log_rho[0], u, tau, weights)
-    a_d = vmf.mean_resultant_length(sphere, k_np)
-    cos_um = np.sum(direction.cpu().numpy() * means[0].cpu().numpy(), -1)
-    cos_01 = np.sum(means[0].cpu().numpy() * means[1].cpu().numpy(), -1)
-    f_closed = -(a / tau) * a_d[0] * cos_um + k_np[0] * a_d[0] - log_v[0]
-    kl = landscape.kl_divergence(log_rho[0], log_rho[1], weights)
-    kl_closed = k_np[0] * a_d[0] - k_np[1] * a_d[0] * cos_01 - log_v[0] + log_v[1]
-
-    def quad(k_density, sup):
-        return quadrature.exp_polynomial_quadrature_bound(k_density, 1, sup, exact, sphere)
-
-    sup_log = k_np + np.abs(log_v)
-    lv_round = geo.log_volume_rounding(k_np)
-    bound_f = (_rounding_bound(weights, (log_rho[0],), u / tau, log_rho[0])
-               + run.tensor(quad(k_np[0], a) / tau + quad(k_np[0], sup_log[0]) + lv_round[0]
-                            + 16 * quadrature.UNIT_ROUNDOFF * (1 + k_np[0] + a / tau)))
-    bound_kl = (_rounding_bound(weights, (log_rho[0],), log_rho[0], log_rho[1])
-                + run.tensor(quad(k_np[0], sup_log[0] + sup_log[1]) + lv_round[0] + lv_round[1]
-                             + 16 * quadrature.UNIT_ROUNDOFF * (1 + k_np[0] + k_np[1])))
-    k = _worst(f - run.tensor(f_closed), bound_f)
-    tests = [stats.within_precision(
-        "closed form: F(vMF) for a linear U (worst of the batch)", f[k], float(f_closed[k]),
-        bound_f[k], example=i, note=f"tau={tau:g}; vMF entropy and mean in closed form")]
-    k = _worst(kl - run.tensor(kl_closed), bound_kl)
-    tests.append(stats.within_precision(
-        "closed form: KL(vMF0||vMF1) (worst of the batch)", kl[k], float(kl_closed[k]),
-        bound_kl[k], example=i, note="bound: quadrature (Taylor tail) + Higham"))
-    return tests
-
-
-def _worst(values, bounds):
-    """Index of the entry with the largest |value| / bound."""
-    return int(torch.argmax((values.abs() / bounds).reshape(-1)))
-
-
 # -- Prop 3.1: strict convexity -------------------------------------------------------------
-
-U_, Z_ = sympy.Symbol("U", real=True), sympy.Symbol("Z", positive=True)
-TAU, LAM = sympy.Symbol("tau", positive=True), sympy.Symbol("lambda", real=True)
-RHO, RHO0, RHO1 = sympy.symbols("rho rho_0 rho_1", positive=True)
-
-
-def _energy_integrand(rho):
-    """The pointwise integrand of F: ``U rho / tau + rho log rho``."""
-    return U_ * rho / TAU + rho * sympy.log(rho)
-
 
 strict_convexity = Claim(
     id="prop3.1-strict-convexity",
@@ -288,6 +65,15 @@ strict_convexity = Claim(
     assumptions=("densities positive and normalised w.r.t. mu", "U bounded", "tau > 0"),
     subject=IntrinsicEnergy(),
 )
+
+U_, Z_ = sympy.Symbol("U", real=True), sympy.Symbol("Z", positive=True)
+TAU, LAM = sympy.Symbol("tau", positive=True), sympy.Symbol("lambda", real=True)
+RHO, RHO0, RHO1 = sympy.symbols("rho rho_0 rho_1", positive=True)
+
+
+def _energy_integrand(rho):
+    """The pointwise integrand of F: ``U rho / tau + rho log rho``."""
+    return U_ * rho / TAU + rho * sympy.log(rho)
 
 
 @strict_convexity.obligation("second variation is the Fisher form")
@@ -314,41 +100,43 @@ def convexity_gap_identity():
                       "(1-t) KL(rho1||rho_t), pointwise", gap, kl_mix)
 
 
-@strict_convexity.check("convexity gap equals the KL mixture", settings=_landscape_settings(),
+def closed_form_energy_tests(run, i, sphere, tau, generator) -> list:
+    """Every run: the subject's F and KL at single-vMF densities against their closed forms
+    (``experiment.closed_form_vmf``), worst of the batch within the derived quadrature bound
+    + rounding."""
+    c = experiment.closed_form_vmf(run, sphere, tau, generator)
+    k = experiment.worst(c.energy - run.tensor(c.energy_closed), c.energy_bound)
+    tests = [stats.within_precision(
+        "closed form: F(vMF) for a linear U (worst of the batch)", c.energy[k],
+        float(c.energy_closed[k]), c.energy_bound[k], example=i,
+        note=f"tau={tau:g}; vMF entropy and mean in closed form")]
+    k = experiment.worst(c.kl - run.tensor(c.kl_closed), c.kl_bound)
+    tests.append(stats.within_precision(
+        "closed form: KL(vMF0||vMF1) (worst of the batch)", c.kl[k], float(c.kl_closed[k]),
+        c.kl_bound[k], example=i, note="bound: quadrature (Taylor tail) + Higham"))
+    return tests
+
+
+@strict_convexity.check("convexity gap equals the KL mixture", settings=landscape_settings(),
                         examples=Profiled(quick=3, full=12))
 def convexity_gap(run):
-    energy: IntrinsicEnergy = run.subject
-    pairs = run.pick(Profiled(quick=32, full=128))
+    """Random density pairs and mixing weights (``experiment.measure_convexity_gap``): the gap
+    equals the KL mixture within Higham's bound, and every gap is resolved above that bound."""
     tests = []
     for i, setting in enumerate(run.settings):
         gen = run.generator(i)
-        weights, u = _potentials(setting.potential, POTENTIALS, gen, run.device)
-        tau = run.tensor(setting.taus)[None, :, None]  # [1, K, 1]: potentials x taus x pairs
-        shape = (POTENTIALS, len(setting.taus), pairs)
-        log_r0 = landscape.random_log_density(shape, weights, gen)
-        log_r1 = landscape.random_log_density(shape, weights, gen)
-        t = 0.05 + 0.9 * torch.rand(shape, generator=gen, dtype=run.dtype, device=run.device)
-        log_rt = torch.logaddexp(torch.log(t)[..., None] + log_r0,
-                                 torch.log1p(-t)[..., None] + log_r1)
-        pot = u[:, None, None, :]
-        f0, f1, ft = (energy.energy(lr, pot, tau, weights) for lr in (log_r0, log_r1, log_rt))
-        gap = t * f0 + (1 - t) * f1 - ft
-        kl_mix = (t * landscape.kl_divergence(log_r0, log_rt, weights)
-                  + (1 - t) * landscape.kl_divergence(log_r1, log_rt, weights))
-        bound = _rounding_bound(weights, (log_r0, log_r1, log_rt), pot / tau[..., None],
-                                log_r0, log_r1, log_rt)
-        k = _worst(gap - kl_mix, bound)
+        m = experiment.measure_convexity_gap(run, setting, gen)
+        gap, kl_mix, bound = m.gap, m.kl_mix, m.bound
+        k = experiment.worst(gap - kl_mix, bound)
         tests.append(stats.within_precision(
             "gap - KL mixture (worst pair)", gap.reshape(-1)[k], kl_mix.reshape(-1)[k],
             bound.reshape(-1)[k], example=i, note=f"{gap.numel()} pairs; bound: Higham"))
-        k_min = _worst(bound, gap.clamp_min(0.0))  # largest bound / gap
+        k_min = experiment.worst(bound, gap.clamp_min(0.0))  # largest bound / gap
         tests.append(stats.exceeds_precision(
             "strict convexity: rounding bound / gap, worst pair", gap.reshape(-1)[k_min],
             bound.reshape(-1)[k_min], example=i, note="<= 1: every gap is resolved above its rounding bound"))
-        tests.extend(_closed_form_energy(run, i, setting.potential.sphere, setting.taus[0], gen))
-        run.record(f"example {i}", {"max |gap - KL mix|": float((gap - kl_mix).abs().max()),
-                                    "max rounding bound": float(bound.max()),
-                                    "min gap": float(gap.min())})
+        tests.extend(closed_form_energy_tests(run, i, setting.potential.sphere, setting.taus[0], gen))
+        run.record(f"example {i}", m.row())
     return tests
 
 
@@ -400,120 +188,77 @@ def energy_excess():
     ]
 
 
+def closed_form_gibbs_tests(run, i, sphere, taus, generator) -> list:
+    """Every run, whatever potential family was drawn: the subject's Gibbs minimiser of a linear
+    potential on this check's grid against the vMF closed forms (the grid identities of the
+    other decisions hold for *any* quadrature weights; these do not), worst tau within the
+    derived bounds of ``experiment.closed_form_gibbs``."""
+    c = experiment.closed_form_gibbs(run, sphere, taus, generator)
+    k = experiment.worst(c.energy + run.tensor(c.log_volume), c.energy_bound)
+    tests = [stats.within_precision(
+        "closed form: F(rho*) = -log V_d(a/tau) for U = -a<z,m> (worst tau)", c.energy[k],
+        -float(c.log_volume[k]), c.energy_bound[k], example=i,
+        note=f"vMF normaliser; kappa <= {CLOSED_FORM_KAPPA[sphere]:g}; bound: quadrature "
+             "(Taylor tail) + Higham")]
+    k = experiment.worst(c.mean - run.tensor(c.mean_resultant), c.mean_bound)
+    tests.append(stats.within_precision(
+        "closed form: E_rho*<z,m> = A_d(a/tau) (worst tau)", c.mean[k], float(c.mean_resultant[k]),
+        c.mean_bound[k], example=i, note="mean resultant length of the vMF Gibbs density"))
+    return tests
+
+
 @gibbs_minimizer.check("energy excess equals KL to the claimed minimiser",
-                       settings=_landscape_settings(), examples=Profiled(quick=3, full=12))
+                       settings=landscape_settings(), examples=Profiled(quick=3, full=12))
 def energy_excess_is_kl(run):
-    energy: IntrinsicEnergy = run.subject
-    densities = run.pick(Profiled(quick=32, full=128))
+    """At random densities F(rho) - F(rho*) = KL(rho||rho*), and F(rho*) = -log Z_tau, within
+    Higham's bound (``experiment.measure_energy_excess``); then the closed forms."""
     tests = []
     for i, setting in enumerate(run.settings):
         gen = run.generator(i)
-        weights, u = _potentials(setting.potential, POTENTIALS, gen, run.device)
-        tau = run.tensor(setting.taus)
-        log_z = gibbs.log_partition_function(u[:, None, :], tau[None, :], weights)  # [P, K]
-        log_star = energy.minimizer_log_density(u[:, None, :], tau[None, :], weights)
-        log_rho = landscape.random_log_density((POTENTIALS, len(setting.taus), densities),
-                                               weights, gen)
-        pot, log_star_b = u[:, None, None, :], log_star[:, :, None, :]
-        tau_b = tau[None, :, None]
-        excess = (energy.energy(log_rho, pot, tau_b, weights)
-                  - energy.energy(log_star_b, pot, tau_b, weights))
-        kl = landscape.kl_divergence(log_rho, log_star_b, weights)
-        bound = _rounding_bound(weights, (log_rho, log_star_b), pot / tau_b[..., None], log_rho,
-                                log_star_b, log_z[:, :, None, None])
-        k = _worst(excess - kl, bound)
+        m = experiment.measure_energy_excess(run, setting, gen)
+        k = experiment.worst(m.excess - m.kl, m.bound)
         tests.append(stats.within_precision(
-            "F(rho) - F(rho*) - KL(rho||rho*) (worst density)", excess.reshape(-1)[k],
-            kl.reshape(-1)[k], bound.reshape(-1)[k], example=i, note="bound: Higham"))
-        f_star = energy.energy(log_star, u[:, None, :], tau[None, :], weights)
-        bound_star = _rounding_bound(weights, (log_star,), u[:, None, :] / tau[None, :, None],
-                                     log_star, log_z[..., None])
-        k = _worst(f_star + log_z, bound_star)
+            "F(rho) - F(rho*) - KL(rho||rho*) (worst density)", m.excess.reshape(-1)[k],
+            m.kl.reshape(-1)[k], m.bound.reshape(-1)[k], example=i, note="bound: Higham"))
+        k = experiment.worst(m.minimum + m.log_z, m.minimum_bound)
         tests.append(stats.within_precision(
-            "F(rho*) = -log Z_tau (worst potential, tau)", f_star.reshape(-1)[k],
-            -log_z.reshape(-1)[k], bound_star.reshape(-1)[k], example=i))
-        tests.extend(_closed_form_gibbs(run, i, setting.potential.sphere, setting.taus, gen))
-        run.record(f"example {i}", {"max |F(rho) - F(rho*) - KL|": float((excess - kl).abs().max()),
-                                    "max |F(rho*) + log Z|": float((f_star + log_z).abs().max()),
-                                    "max rounding bound": float(bound.max())})
+            "F(rho*) = -log Z_tau (worst potential, tau)", m.minimum.reshape(-1)[k],
+            -m.log_z.reshape(-1)[k], m.minimum_bound.reshape(-1)[k], example=i))
+        tests.extend(closed_form_gibbs_tests(run, i, setting.potential.sphere, setting.taus, gen))
+        run.record(f"example {i}", m.row())
     return tests
 
 
 @gibbs_minimizer.check(
     "mirror descent from many starts converges to the claimed minimiser",
-    settings=st.builds(MirrorDescentSetting, landscape=_landscape_settings(),
-                       step_size=st.floats(0.1, 0.9)),
-    examples=Profiled(quick=3, full=12))
+    settings=mirror_descent_settings(), examples=Profiled(quick=3, full=12))
 def mirror_descent_converges(run):
-    energy: IntrinsicEnergy = run.subject
-    starts = run.pick(Profiled(quick=24, full=64))
-    # Run until the known rate guarantees F(rho_T) - min F <= 1e-6 KL(rho*||rho_0): far above
-    # rounding, far below any wrong limit, and still a real (finite-T) convergence statement.
-    rate_target = 1e-6
+    """From many random starts, for ``experiment.descent_steps`` steps (the known rate then
+    guarantees F(rho_T) - min F <= DESCENT_RATE_TARGET x KL(rho*||rho_0)): KL(rho_T||rho*) and
+    F(rho_T) + log Z within the rate + rounding; then the same descent on a linear potential
+    against the vMF normaliser."""
     tests = []
     for i, setting in enumerate(run.settings):
         gen = run.generator(i)
-        eta = setting.step_size
-        steps = math.ceil(math.log(rate_target) / math.log1p(-eta))
-        weights, u = _potentials(setting.landscape.potential, POTENTIALS, gen, run.device)
-        tau = run.tensor(setting.landscape.taus)
-        pot, tau_b = u[:, None, None, :], tau[None, :, None]  # potentials x taus x starts
-        log_rho0 = landscape.random_log_density((POTENTIALS, len(setting.landscape.taus), starts),
-                                                weights, gen)
-        log_rho = landscape.exponentiated_gradient(
-            partial(energy.first_variation, potential=pot, tau=tau_b), log_rho0, weights, steps,
-            eta)
-        log_star = energy.minimizer_log_density(u[:, None, :], tau[None, :], weights)[:, :, None]
-        log_z = gibbs.log_partition_function(u[:, None, :], tau[None, :], weights)[:, :, None]
-        rate = landscape.mirror_descent_rate_bound(
-            landscape.kl_divergence(log_star, log_rho0, weights), eta, steps)
-
-        kl_end = landscape.kl_divergence(log_rho, log_star, weights)
-        bound = rate + _rounding_bound(weights, (log_rho, log_star), log_rho, log_star)
-        k = _worst(kl_end, bound)
+        m = experiment.measure_mirror_descent(run, setting, gen)
+        k = experiment.worst(m.kl_end, m.kl_bound)
         tests.append(stats.within_precision(
-            "KL(rho_T||rho*) within the mirror-descent rate (worst start)", kl_end.reshape(-1)[k],
-            0.0, bound.reshape(-1)[k], example=i,
-            note=f"T={steps}, eta={eta:.3f}; rate: Lu-Freund-Nesterov Thm 3.1"))
-        f_end = energy.energy(log_rho, pot, tau_b, weights)
-        bound_f = rate + _rounding_bound(weights, (log_rho,), pot / tau_b[..., None], log_rho,
-                                         log_z[..., None])
-        k = _worst(f_end + log_z, bound_f)
+            "KL(rho_T||rho*) within the mirror-descent rate (worst start)", m.kl_end.reshape(-1)[k],
+            0.0, m.kl_bound.reshape(-1)[k], example=i,
+            note=f"T={m.steps}, eta={m.step_size:.3f}; rate: Lu-Freund-Nesterov Thm 3.1"))
+        k = experiment.worst(m.energy + m.log_z, m.energy_bound)
         tests.append(stats.within_precision(
-            "min F reached = -log Z_tau (worst start)", f_end.reshape(-1)[k],
-            -log_z.expand_as(f_end).reshape(-1)[k], bound_f.reshape(-1)[k], example=i))
-        tests.append(_closed_form_descent(run, i, setting.landscape, eta, steps, starts, gen))
-        spread = (log_rho.max(dim=2).values - log_rho.min(dim=2).values).abs().max()
-        run.record(f"example {i}", {
-            "steps": steps, "step_size": eta, "starts": starts,
-            "max KL(rho_T||rho*)": float(kl_end.max()), "max rate bound": float(rate.max()),
-            "max spread of log rho_T across starts": float(spread)})
+            "min F reached = -log Z_tau (worst start)", m.energy.reshape(-1)[k],
+            -m.log_z.expand_as(m.energy).reshape(-1)[k], m.energy_bound.reshape(-1)[k], example=i))
+        c = experiment.closed_form_descent(run, setting, m.steps, m.starts, gen)
+        k = experiment.worst(c.energy + c.log_volume, c.bound)
+        tests.append(stats.within_precision(
+            "closed form: mirror descent on U = -a<z,m> reaches -log V_d(a/tau) (worst start)",
+            c.energy.reshape(-1)[k], -c.log_volume.expand_as(c.energy).reshape(-1)[k],
+            c.bound.reshape(-1)[k], example=i,
+            note="vMF normaliser; bound: rate + quadrature + rounding"))
+        run.record(f"example {i}", m.row())
     return tests
-
-
-def _closed_form_descent(run, i, landscape_setting, eta, steps, starts, gen):
-    """Mirror descent on a linear potential ``U = -a<z, m>`` (same grid, taus, step size and
-    number of steps) reaches ``min F = -log V_d(a/tau)``, the closed-form vMF normaliser:
-    ``0 <= F(rho_T) - min_grid F <= rate`` and ``|min_grid F + log V_d| <= -log(1 - e0)``."""
-    energy: IntrinsicEnergy = run.subject
-    sphere = landscape_setting.potential.sphere
-    c = _closed_form_setup(sphere, landscape_setting.taus, run.device, gen)
-    weights, u, tau = c["weights"], c["u"][:, None, :], c["tau"][:, None]  # [K, starts, M]
-    log_rho0 = landscape.random_log_density((len(c["kappa"]), starts), weights, gen)
-    log_rho = landscape.exponentiated_gradient(
-        partial(energy.first_variation, potential=u, tau=tau), log_rho0, weights, steps, eta)
-    log_star = gibbs.gibbs_log_density(u, tau, weights)  # the rate's reference point only
-    rate = landscape.mirror_descent_rate_bound(
-        landscape.kl_divergence(log_star, log_rho0, weights), eta, steps)
-    f_end = energy.energy(log_rho, u, tau, weights)
-    log_v = run.tensor(vmf.log_kernel_volume(sphere, c["kappa"]))[:, None]
-    bound = (rate + _rounding_bound(weights, (log_rho,), u / tau[..., None], log_rho)
-             + run.tensor(-np.log1p(-c["z_err"]) + geo.log_volume_rounding(c["kappa"]))[:, None])
-    k = _worst(f_end + log_v, bound)
-    return stats.within_precision(
-        "closed form: mirror descent on U = -a<z,m> reaches -log V_d(a/tau) (worst start)",
-        f_end.reshape(-1)[k], -log_v.expand_as(f_end).reshape(-1)[k], bound.reshape(-1)[k],
-        example=i, note="vMF normaliser; bound: rate + quadrature + rounding")
 
 
 gibbs_minimizer.control(
@@ -596,74 +341,46 @@ def tail_bound():
     ]
 
 
-#: Temperatures of the concentration checks: four decades, down to where the Gibbs density
-#: is a few grid nodes wide.
-CONCENTRATION_TAUS = np.geomspace(2e-3, 20.0, 33)
-
-
-@concentration.check("sublevel masses are non-increasing in tau", settings=_potential_settings(),
+@concentration.check("sublevel masses are non-increasing in tau", settings=potential_settings(),
                      examples=Profiled(quick=3, full=12))
 def sublevel_monotone(run):
-    energy: IntrinsicEnergy = run.subject
-    tau = run.tensor(CONCENTRATION_TAUS)
+    """Masses of the sublevel sets at SUBLEVEL_QUANTILES of U, over CONCENTRATION_TAUS: no
+    increase between consecutive temperatures beyond rounding; then the closed forms (on a
+    fresh generator of the same seed)."""
     tests = []
     for i, setting in enumerate(run.settings):
-        weights, u = _potentials(setting, 2 * POTENTIALS, run.generator(i), run.device)
-        levels = torch.quantile(u, run.tensor(np.linspace(0.02, 0.98, 17)), dim=-1).T  # [P, C]
-        inside = (u[:, None, :] <= levels[:, :, None]).to(run.dtype)  # [P, C, M]
-        log_star = energy.minimizer_log_density(u[:, None, :], tau[None, :], weights)  # [P, K, M]
-        mass = (weights * torch.exp(log_star)) @ inside.transpose(-1, -2)  # [P, K, C]
-        log_z = gibbs.log_partition_function(u[:, None, :], tau[None, :], weights)
-        err = _rounding_bound(weights, (log_star,), u[:, None, :] / tau[None, :, None],
-                              log_z[..., None])  # [P, K], bounds every mass at (P, K)
-        rise = mass[:, 1:, :] - mass[:, :-1, :]
-        rise_bound = (err[:, 1:] + err[:, :-1])[..., None].expand_as(rise)
-        k = _worst(rise.clamp_min(0.0), rise_bound)
+        m = experiment.measure_sublevel_rise(run, setting, run.generator(i))
+        increase = m.rise.clamp_min(0.0)
+        k = experiment.worst(increase, m.bound)
         tests.append(stats.within_precision(
             "largest increase of a sublevel mass as tau grows (0 if none)",
-            rise.clamp_min(0.0).reshape(-1)[k], 0.0, rise_bound.reshape(-1)[k], example=i,
-            note=f"{rise.numel()} consecutive tau pairs x levels"))
-        tests.extend(_closed_form_gibbs(run, i, setting.sphere, CONCENTRATION_TAUS,
-                                        run.generator(i)))
-        run.record(f"example {i}", {"max increase": float(rise.max()),
-                                    "largest decrease": float(-rise.min())})
+            increase.reshape(-1)[k], 0.0, m.bound.reshape(-1)[k], example=i,
+            note=f"{m.rise.numel()} consecutive tau pairs x levels"))
+        tests.extend(closed_form_gibbs_tests(run, i, setting.sphere, CONCENTRATION_TAUS,
+                                             run.generator(i)))
+        run.record(f"example {i}", m.row())
     return tests
 
 
 @concentration.check("tail mass below exp(-eps/(2 tau))/mu(A_eps/2) down to tau = 0.002",
-                     settings=_potential_settings(), examples=Profiled(quick=3, full=12))
+                     settings=potential_settings(), examples=Profiled(quick=3, full=12))
 def tail_mass(run):
-    energy: IntrinsicEnergy = run.subject
-    tau = run.tensor(CONCENTRATION_TAUS)
-    fractions = run.tensor([0.02, 0.05, 0.1, 0.2, 0.4])  # eps as a fraction of osc(U)
+    """The Gibbs mass outside A_{m+eps}, eps at TAIL_FRACTIONS of osc(U), over
+    CONCENTRATION_TAUS: no excess over its bound beyond rounding; then the closed forms."""
     tests = []
     for i, setting in enumerate(run.settings):
-        weights, u = _potentials(setting, 2 * POTENTIALS, run.generator(i), run.device)
-        low, high = u.min(-1).values, u.max(-1).values
-        eps = fractions[None, :] * (high - low)[:, None]  # [P, E]
-        outside = (u[:, None, :] > (low[:, None] + eps)[..., None]).to(run.dtype)  # [P, E, M]
-        near = (u[:, None, :] <= (low[:, None] + eps / 2)[..., None]).to(run.dtype)
-        log_star = energy.minimizer_log_density(u[:, None, :], tau[None, :], weights)
-        tail = (weights * torch.exp(log_star)) @ outside.transpose(-1, -2)  # [P, K, E]
-        mu_near = (weights * near).sum(-1)  # [P, E]
-        bound = torch.exp(-eps[:, None, :] / (2 * tau[None, :, None])) / mu_near[:, None, :]
-        log_z = gibbs.log_partition_function(u[:, None, :], tau[None, :], weights)
-        err = _rounding_bound(weights, (log_star,), u[:, None, :] / tau[None, :, None],
-                              log_z[..., None])[..., None] + quadrature.summation_error_bound(
-            bound, weights.shape[-1])
-        excess = (tail - bound).clamp_min(0.0)
-        k = _worst(excess, err.expand_as(excess))
+        m = experiment.measure_tail_mass(run, setting, run.generator(i))
+        excess = (m.tail - m.bound).clamp_min(0.0)
+        error = m.error.expand_as(excess)
+        k = experiment.worst(excess, error)
         tests.append(stats.within_precision(
             "largest excess of the tail mass over its bound (0 if none)", excess.reshape(-1)[k],
-            0.0, err.expand_as(excess).reshape(-1)[k], example=i,
+            0.0, error.reshape(-1)[k], example=i,
             note=f"tau in [{CONCENTRATION_TAUS[0]}, {CONCENTRATION_TAUS[-1]}], eps/osc(U) in "
                  "{0.02, ..., 0.4}"))
-        tests.extend(_closed_form_gibbs(run, i, setting.sphere, CONCENTRATION_TAUS,
-                                        run.generator(i)))
-        run.record(f"example {i}", {
-            "tail mass at the smallest tau, per eps": tail[:, 0, :].max(0).values.tolist(),
-            "its bound": bound[:, 0, :].max(0).values.tolist(),
-            "tail mass at the largest tau, per eps": tail[:, -1, :].max(0).values.tolist()})
+        tests.extend(closed_form_gibbs_tests(run, i, setting.sphere, CONCENTRATION_TAUS,
+                                             run.generator(i)))
+        run.record(f"example {i}", m.row())
     return tests
 
 
@@ -677,30 +394,6 @@ concentration.control("exp(+U/tau) fails the tail bound", check=tail_mass, mutan
 
 # -- Prop 3.3: entropy as tie-breaker -------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class LaplaceTieBreak:
-    """The predicted low-temperature mass ratio of two equally deep wells ``a_i (1 - <z, m_i>)``.
-
-    Laplace's method integrates over the ``d - tangent_codimension`` tangent directions of
-    S^{d-1} at a minimiser: ``ratio -> (a_narrow / a_wide)^{(d - tangent_codimension)/2}``.
-    """
-
-    tangent_codimension: int = 1
-
-    def limit_ratio(self, a_wide: float, a_narrow: float, d: int) -> float:
-        return (a_narrow / a_wide) ** ((d - self.tangent_codimension) / 2.0)
-
-
-K_HALF = sympy.Symbol("k", positive=True)  # k = (d-1)/2, half the tangent dimension
-
-
-def _hankel_prefactor(x):
-    """``Gamma(d/2) (2/x)^nu / sqrt(2 pi x)``: the large-x form of ``V_d(x) e^{-x}``."""
-    half_d, nu = K_HALF + sympy.Rational(1, 2), K_HALF - sympy.Rational(1, 2)
-    return sympy.gamma(half_d) * (2 / x) ** nu / sympy.sqrt(2 * sympy.pi * x)
-
-
 tie_break = Claim(
     id="prop3.3-entropy-tiebreak",
     reference="Prop 3.3",
@@ -712,6 +405,14 @@ tie_break = Claim(
     assumptions=("non-degenerate minima", "equal depths", "basins separated (antipodal wells)"),
     subject=LaplaceTieBreak(),
 )
+
+K_HALF = sympy.Symbol("k", positive=True)  # k = (d-1)/2, half the tangent dimension
+
+
+def _hankel_prefactor(x):
+    """``Gamma(d/2) (2/x)^nu / sqrt(2 pi x)``: the large-x form of ``V_d(x) e^{-x}``."""
+    half_d, nu = K_HALF + sympy.Rational(1, 2), K_HALF - sympy.Rational(1, 2)
+    return sympy.gamma(half_d) * (2 / x) ** nu / sympy.sqrt(2 * sympy.pi * x)
 
 
 @tie_break.obligation("Laplace ratio from the tangent Hessians")
@@ -748,192 +449,57 @@ def well_mass_asymptotics():
     ]
 
 
-def _antipodal_wells(points, m, a_wide, a_narrow):
-    """Branches ``a_wide (1 - <z, m>)``, ``a_narrow (1 + <z, m>)``; U is their minimum and the
-    basin of a well is where its branch is the smaller: ``(U[M], labels[M])``."""
-    c = points @ m
-    branches = torch.stack([a_wide * (1 - c), a_narrow * (1 + c)])
-    u, labels = branches.min(0)
-    return u, labels
-
-
-def _basin_masses(n_theta, m, a_wide, a_narrow, tau):
-    """Gibbs masses ``sum_k q_k e^{-U_k/tau}`` of the wide and the narrow basin on the
-    ``n_theta x 2 n_theta`` Gauss-Legendre x trapezoid grid, per tau: ``[K, 2]`` (unnormalised:
-    U >= 0, so every term is <= 1 and nothing over- or underflows)."""
-    points, weights = quadrature.sphere_grid(n_theta, 2 * n_theta, device=m.device)
-    u, labels = _antipodal_wells(points, m, a_wide, a_narrow)
-    log_mass = -u / tau[:, None]  # [K, M]
-    return landscape.partition_masses(log_mass, labels, weights, 2), weights.shape[-1]
-
-
-def _basin_ratio_bound(ratio, target, a_wide, a_narrow, boundary, taus, exact, nodes):
-    """Rigorous bound on ``|grid basin ratio - target|``.
-
-    The full wells have the exact integrals ``F_i = e^{-k_i} V_3(k_i) = (1 - e^{-2 k_i})/(2 k_i)``
-    (k_i = a_i/tau); on the grid each is off by a relative ``e_i`` at most
-    (:func:`quadrature.exp_polynomial_quadrature_bound`, degree 0). A basin's grid mass differs
-    from its full well's by the well's terms in the other basin, where its branch exceeds the
-    boundary height U_b: between 0 and ``e^{-U_b/tau}``. So the grid ratio is
-    ``(F_w/F_n)(1 + d)`` with ``|d| <= (eps_w + eps_n)/(1 - eps_n)``, ``eps_i = e_i +
-    e^{-U_b/tau}/F_i``, and ``F_w/F_n = target (1 - e^{-2k_w})/(1 - e^{-2k_n})`` is within
-    ``target (e^{-2k_w} + e^{-2k_n})/(1 - e^{-2k_n})`` of the target (d = 3). Rounding: two grid
-    sums, 2 gamma_{n+16} relative.
-    """
-    k_w, k_n = a_wide / taus, a_narrow / taus
-    full = [-np.expm1(-2 * k) / (2 * k) for k in (k_w, k_n)]
-    eps = [quadrature.exp_polynomial_quadrature_bound(k, 0, 1.0, exact, 3)
-           + np.exp(-boundary / taus) / f for k, f in zip((k_w, k_n), full, strict=True)]
-    exact_ratio = full[0] / full[1]
-    quad = exact_ratio * (eps[0] + eps[1]) / (1 - eps[1])
-    finite_tau = target * (np.exp(-2 * k_w) + np.exp(-2 * k_n)) / -np.expm1(-2 * k_n)
-    rounding = 2 * quadrature.gamma(nodes + quadrature.OPS_PER_TERM) * np.abs(ratio) * 1.01
-    return quad + finite_tau + rounding
-
-
-#: tau grid of the S^2 check, as fractions of the basin-boundary height U_b: from U_b/30, where
-#: the exponentially small cross-basin terms (<= e^{-U_b/tau}) are ~1e-13, down by 1.5^5.
-S2_TAU_STEPS = 30.0 * 1.5 ** np.arange(6)
-
-
 @tie_break.check("S^2 quadrature: basin-mass ratio equals (a2/a1)^((d-1)/2)",
-                 settings=st.builds(WellPairSetting, a_wide=st.floats(0.5, 2.0),
-                                    ratio=st.floats(1.5, 4.0), colatitude=st.floats(0.0, math.pi),
-                                    azimuth=st.floats(0.0, 2 * math.pi)),
-                 examples=Profiled(quick=3, full=12))
+                 settings=well_pair_settings(), examples=Profiled(quick=3, full=12))
 def s2_tie_break(run):
+    """The grid's basin-mass ratio at temperatures U_b/S2_TAU_STEPS against the subject's limit,
+    worst tau within the rigorous bound of ``experiment.measure_basin_ratio`` (the ratio is
+    exact up to e^{-2a/tau} at every tau on S^2: no extrapolation)."""
     law: LaplaceTieBreak = run.subject
     tests = []
     for i, s in enumerate(run.settings):
-        a_narrow = s.a_wide * s.ratio
-        boundary = 2 * s.a_wide * a_narrow / (s.a_wide + a_narrow)  # U on the basin boundary
-        taus = boundary / S2_TAU_STEPS
-        m = run.tensor([math.sin(s.colatitude) * math.cos(s.azimuth),
-                        math.sin(s.colatitude) * math.sin(s.azimuth), math.cos(s.colatitude)])
-        # On S^2 the basin ratio is a_narrow/a_wide up to e^{-2 a/tau} at *every* tau (the
-        # mass of a(1 - <z,m>) is e^{-k} V_3(k) = (1 - e^{-2k})/(2k)), so no extrapolation is
-        # needed. Grid degree: the Taylor tail of e^{k<z,m>} beyond k + 12 sqrt(k) + 20 is
-        # negligible (a Poisson(k) tail), which makes the derived quadrature bound tiny.
-        k_max = a_narrow / float(taus[-1])
-        degree = math.ceil(k_max + 12 * math.sqrt(k_max) + 20)
-        n_theta = (degree + 2) // 2
-        exact = quadrature.exact_degree(3, (n_theta, 2 * n_theta))
-        masses, nodes = _basin_masses(n_theta, m, s.a_wide, a_narrow, run.tensor(taus))
-        ratio = (masses[:, 0] / masses[:, 1]).cpu().numpy()
-        target = law.limit_ratio(s.a_wide, a_narrow, 3)
-        bound = _basin_ratio_bound(ratio, a_narrow / s.a_wide, s.a_wide, a_narrow, boundary,
-                                   taus, exact, nodes)
-        k = int(np.argmax(np.abs(ratio - target) / bound))
+        m = experiment.measure_basin_ratio(run, s)
+        target = law.limit_ratio(s.a_wide, m.a_narrow, 3)
+        k = int(np.argmax(np.abs(m.ratio - target) / m.bound))
         tests.append(stats.within_precision(
             "basin-mass ratio wide/narrow on the grid = (a2/a1)^((d-1)/2) (worst tau)",
-            float(ratio[k]), target, float(bound[k]), example=i,
-            note=f"tau in [{taus[-1]:.4g}, {taus[0]:.4g}], grid {n_theta}x{2 * n_theta}; bound: "
+            float(m.ratio[k]), target, float(m.bound[k]), example=i,
+            note=f"tau in [{m.taus[-1]:.4g}, {m.taus[0]:.4g}], grid {m.n_theta}x{2 * m.n_theta}; bound: "
                  "quadrature (Taylor tail) + cross-basin e^{-U_b/tau} + e^{-2a/tau} + rounding"))
-        run.record(f"example {i}", {"taus": taus.tolist(), "ratio": ratio.tolist(),
-                                    "wider well wins at every tau": bool((ratio > 1).all()),
-                                    "error bound": bound.tolist(), "predicted limit": target})
-    run.record("d=3, a=(1,3) orthogonal-wells reproduction", _theory_reproduction(run))
+        run.record(f"example {i}", m.row(target))
+    run.record("d=3, a=(1,3) orthogonal-wells reproduction", experiment.orthogonal_wells_reproduction(run))
     return tests
-
-
-def _theory_reproduction(run):
-    """The project's reference numbers (2.546 at tau=0.2, 2.9952 at 0.05, 3.0000 at 0.02;
-    docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration")
-    are for *orthogonal* wells with U = min of the branches and mass split by the nearer mean."""
-    points, weights = quadrature.sphere_grid(200, 400, device=run.device)
-    m1, m2 = run.tensor([0.0, 0.0, 1.0]), run.tensor([1.0, 0.0, 0.0])
-    u = torch.minimum(1 - points @ m1, 3 * (1 - points @ m2))
-    labels = (points @ m2 > points @ m1).long()
-    taus = run.tensor([0.2, 0.05, 0.02])
-    masses = landscape.partition_masses(gibbs.gibbs_log_density(u, taus, weights), labels,
-                                        weights, 2)
-    return {"taus": taus.tolist(), "ratio": (masses[:, 0] / masses[:, 1]).tolist(),
-            "reference values": [2.546, 2.9952, 3.0000]}
-
-
-def _ratio_estimate(numerator, denominator):
-    """``mean(num)/mean(den)`` over the last axis and its delta-method standard error."""
-    n = numerator.shape[-1]
-    ratio = numerator.mean(-1) / denominator.mean(-1)
-    residual = numerator - ratio[..., None] * denominator
-    return ratio, residual.std(-1) / (math.sqrt(n) * denominator.mean(-1))
 
 
 @tie_break.check("higher d Monte Carlo: mass ratio extrapolates to (a2/a1)^((d-1)/2)",
-                 settings=st.builds(HighDimWellPairSetting, dim=st.integers(4, 24),
-                                    a_wide=st.floats(0.5, 2.0), ratio=st.floats(2.0, 3.0)),
-                 examples=Profiled(quick=2, full=8))
+                 settings=high_dim_well_pair_settings(), examples=Profiled(quick=2, full=8))
 def mc_tie_break(run):
+    """Importance-sampled mass ratio at five temperatures, its log-limit fitted with the
+    tau-correction ``b tau + c tau^2`` as a nuisance (``experiment.measure_tie_break``), TOST
+    against the subject's limit. Designed margin: the ratio within 10 % (quick) / 3 % (full),
+    i.e. log(1 + rel) on the log scale the fit works on; samples per tau from a pilot on the
+    setting's own seed stream (``experiment.plan_tie_break``), fixed before the decisive sample
+    is drawn."""
     law: LaplaceTieBreak = run.subject
-    # Designed margin: the ratio within 10 % (quick) / 3 % (full), i.e. log(1 + rel) on the log
-    # scale the fit works on. Samples per tau: from a pilot (its own seed stream) that measures
-    # the per-sample s.d. of the fitted log-limit, times a safety factor, through
-    # stats.min_num_samples; both fixed before the decisive sample is drawn.
     margin = math.log1p(run.relative_discrepancy)
     rate = run.decision_false_fail_rate(len(run.settings))
-    pilot_n, safety = 4000, 1.3
-    cap = run.pick(Profiled(quick=400_000, full=2_000_000))
     tests = []
     for i, s in enumerate(run.settings):
         gen = run.generator(i)
-        d, a_wide, a_narrow = s.dim, s.a_wide, s.a_wide * s.ratio
-        # The correction to the limit is a series in beta tau / a, beta = (4 nu^2 - 1)/8 (the
-        # Hankel expansion of V_d): tau <= 0.2 a / max(beta, 2) keeps the quadratic fit's
-        # truncation below 1e-4 relative and e^{-U_b/tau} below 1e-3, both far under the margin.
-        nu = d / 2 - 1
-        beta = (4 * nu**2 - 1) / 8
-        taus = 0.2 * a_wide / max(beta, 2.0) * np.array([1.0, 0.6, 0.35, 0.2, 0.125])
-        m = vmf.sample_uniform_sphere((), d, gen)
-        pilot = _tie_break_fit(run, d, a_wide, a_narrow, taus, m, pilot_n, gen)
-        sigma = safety * pilot.standard_error[0] * math.sqrt(pilot_n)
-        n = stats.min_num_samples(sigma, margin, rate, run.false_pass_rate, kind="equivalent")
-        if n > cap:
-            run.not_applicable(f"d={d}: the design needs {n} samples per tau (> {cap})", i)
+        design = experiment.plan_tie_break(run, i, s, margin, rate, gen)
+        if design is None:
             continue
-        fit, ratio, se = _tie_break_fit(run, d, a_wide, a_narrow, taus, m, n, gen, full=True)
-        target = law.limit_ratio(a_wide, a_narrow, d)
+        measured = experiment.measure_tie_break(run, design, gen)
+        fit = measured.fit
+        target = law.limit_ratio(design.a_wide, design.a_narrow, design.d)
         tests.append(stats.equivalent(
             "log of the extrapolated mass ratio wide/narrow", fit.coef[0], fit.standard_error[0],
             math.log(target), margin=margin, example=i,
-            note=f"d={d}, {n} samples per tau (designed from a {pilot_n}-sample pilot x "
-                 f"{safety}), nuisance b tau + c tau^2; margin log(1 + {run.relative_discrepancy})"))
-        # Hankel: V_d(x) e^{-x} ~ x^{-(d-1)/2} (1 - beta/x), so d log ratio/dtau -> -beta (1/a1 - 1/a2)
-        run.record(f"example {i}", {
-            "d": d, "taus": taus.tolist(), "samples_per_tau": n, "ratio": ratio.tolist(),
-            "se": se.tolist(), "wider well wins at every tau": bool((ratio > 1).all()),
-            "fitted limit": math.exp(fit.coef[0]), "limit relative se": float(fit.standard_error[0]),
-            "predicted limit": target, "fitted log slope": float(fit.coef[1]),
-            "Hankel log slope -beta (1/a1 - 1/a2)": -beta * (1 / a_wide - 1 / a_narrow),
-            "chi2/dof": fit.chi2 / fit.dof})
+            note=f"d={design.d}, {design.samples} samples per tau (designed from a "
+                 f"{experiment.PILOT_SAMPLES}-sample pilot x {experiment.PILOT_SAFETY}), "
+                 f"nuisance b tau + c tau^2; margin log(1 + {run.relative_discrepancy})"))
+        run.record(f"example {i}", experiment.tie_break_row(design, measured, target))
     return tests
-
-
-def _tie_break_fit(run, d, a_wide, a_narrow, taus, m, n, gen, full=False):
-    """Importance-sampled mass ratio wide/narrow at each tau and the fit of its log-limit.
-
-    Importance sampling from the equal mixture q of the two wells' vMF laws. In its own basin
-    a well's weight e^{-U/tau}/q is at most 2 V_d(a/tau) e^{-a/tau}: bounded weights, so the
-    delta-method standard error of the ratio is reliable. Fit ``log ratio(tau) = log L + b tau
-    + c tau^2``: on the log scale the standard error ~ se/ratio does not grow with the estimate
-    itself (weighting by the estimate's own se would favour low estimates and bias L down).
-    """
-    tau = run.tensor(taus)[:, None]  # [K, 1]
-    means = torch.stack([m, -m])  # [2, d]
-    kappas = torch.stack([a_wide / tau, a_narrow / tau], dim=-1)  # [K, 1, 2]
-    comp = (torch.rand(len(taus), n, generator=gen, dtype=run.dtype, device=run.device)
-            < 0.5).long()  # [K, n]
-    kappa = torch.gather(kappas.expand(-1, n, -1), -1, comp[..., None])[..., 0]
-    z = vmf.sample_vmf(means[comp], kappa, 1, gen)[..., 0, :]  # [K, n, d]
-    u, labels = _antipodal_wells(z, m, a_wide, a_narrow)
-    log_q = torch.logaddexp(vmf.vmf_log_density(z, m, kappas[..., 0]),
-                            vmf.vmf_log_density(z, -m, kappas[..., 1])) - math.log(2.0)
-    log_w = -u / tau - log_q
-    w = torch.exp(log_w - log_w.max(-1, keepdim=True).values)
-    ratio, se = _ratio_estimate(w * (labels == 0), w * (labels == 1))
-    ratio, se = ratio.cpu().numpy(), se.cpu().numpy()
-    design = np.stack([np.ones_like(taus), taus, taus**2], axis=1)
-    fit = stats.weighted_least_squares(design, np.log(ratio), se / ratio)
-    return (fit, ratio, se) if full else fit
 
 
 _wrong_exponent = replace(LaplaceTieBreak(), tangent_codimension=0)

@@ -309,7 +309,7 @@ def test_rules_exempt_code_outside_the_project():
 #: that runs is the same, only fewer times (~70 s -> ~20 s for all items on one core). Verdicts
 #: are not asserted here; what may not happen is a tensor off the run's device.
 SHRINK = {
-    "claims.modality_gap": {
+    "cgeom_verify.experiments.modality_gap": {
         "STEPS_AUTHORS": Profiled(quick=12, full=12),
         "STEPS_IDENTICAL": Profiled(quick=12, full=12),
         "GRADIENT_RUNS": Profiled(quick=4, full=4),

@@ -175,25 +175,23 @@ def test_vmf_normaliser_quadrature_bound_covers_the_error(sphere, shape, kappa):
     assert abs(grid - exact) <= -math.log1p(-min(rel, 0.5)) + 1e-13
 
 
-def test_closed_form_checks_catch_unnormalised_weights():
+def test_closed_form_checks_catch_unnormalised_weights(monkeypatch):
     # The grid identities hold for any weights; the closed-form decisions do not.
     from cgeom_verify.claim import CheckRun
-    from claims import unimodal_landscape as ul
+    from cgeom_verify.experiments import unimodal_landscape as experiment
+    from claims.unimodal_landscape import closed_form_energy_tests, closed_form_gibbs_tests
 
     run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=IntrinsicEnergy(),
                    profile="quick", device=torch.device("cpu"))
-    good = [t.decide(1e-3).passed for t in ul._closed_form_gibbs(run, 0, 3, (0.3, 1.0), _gen())]
+    good = [t.decide(1e-3).passed for t in closed_form_gibbs_tests(run, 0, 3, (0.3, 1.0), _gen())]
     assert all(good)
-    original = ul._grid
+    original = experiment.grid
 
     def doubled(sphere, device):
         points, weights = original(sphere, device)
         return points, 2 * weights
 
-    ul._grid = doubled
-    try:
-        bad = [t.decide(1e-3).passed for t in ul._closed_form_gibbs(run, 0, 3, (0.3, 1.0), _gen())]
-        bad += [t.decide(1e-3).passed for t in ul._closed_form_energy(run, 0, 3, 0.5, _gen())]
-    finally:
-        ul._grid = original
+    monkeypatch.setattr(experiment, "grid", doubled)
+    bad = [t.decide(1e-3).passed for t in closed_form_gibbs_tests(run, 0, 3, (0.3, 1.0), _gen())]
+    bad += [t.decide(1e-3).passed for t in closed_form_energy_tests(run, 0, 3, 0.5, _gen())]
     assert not all(bad)

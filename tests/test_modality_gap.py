@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cgeom_verify import stats
+from cgeom_verify.experiments import modality_gap as mg
 from cgeom_verify.kernels import angular_divergence as ad
 from cgeom_verify.kernels import clip_toy, infonce, rank_design, vmf
-from claims import modality_gap as mg
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_jt_group_size_reaches_the_power():
 
 def test_mirrored_labels_reverse_the_order():
     sigma = np.repeat(np.array(mg.SIGMAS), 2)
-    mirrored = mg._labels(mg.Fig5Experiment(reverse_labels=True), sigma)
+    mirrored = mg.sigma_labels(mg.Fig5Experiment(reverse_labels=True), sigma)
     assert np.allclose(mirrored, 0.7 - sigma)
 
 
@@ -313,7 +313,7 @@ def test_clip_loss_oracle_is_infonce(gen):
     sigma = torch.tensor([0.2, 0.5], dtype=torch.float64)
     w = clip_toy.initial_weights(2, gen)
     x1, x2 = clip_toy.sample_pairs(data, sigma, 32, gen)
-    ours = mg._clip_loss_autograd(w[0], w[1], x1, x2, 0.07)
+    ours = mg.clip_loss_autograd(w[0], w[1], x1, x2, 0.07)
     z1, z2 = clip_toy.embed(w[0], x1), clip_toy.embed(w[1], x2)
     theirs = infonce.symmetric_infonce(z1, z2, z1, z2, 0.07, include_positive=False).mean(-1)
     assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12)
@@ -355,7 +355,7 @@ def test_smallest_gap_search_only_lowers_the_gap(gen):
 
 
 def test_floor_bound_holds_on_adversarial_inputs(gen):
-    bound = mg._floor_bound()
+    bound = mg.floor_bound()
     half = math.pi * torch.rand(2, 300, generator=gen, dtype=torch.float64)
     est = ad.vm_kde_divergence(half, half + math.pi)
     for t in (est.ds, est.kl_pq, est.ds_plugin):
@@ -369,5 +369,5 @@ def test_direct_population_objective_matches_the_trainer(gen):
     w = clip_toy.initial_weights(3, gen)
     _, value = clip_toy.train_population(data, sigma, w, steps=1,
                                          grid=clip_toy.PopulationGrid(points=128))
-    direct = mg._population_objective(data, sigma, w, 128, 0.07)
+    direct = mg.direct_population_objective(data, sigma, w, 128, 0.07)
     assert torch.allclose(value, direct, rtol=1e-10, atol=1e-10)
