@@ -294,8 +294,9 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
             note=f"{label}; margin: a relative error of that size in Gamma")
             for k, kernels in enumerate(source.relative_kernels)]
 
-    if experiment.rejected(run, premise(pilot, "pilot draws"), rate):
-        return tests + premise(pilot, "pilot draws")
+    pilot_premise = premise(pilot, "pilot draws")
+    if experiment.rejected(run, pilot_premise, rate):
+        return tests + pilot_premise
     constants = experiment.value_constants(setting, prediction, pilot_plan.fit_sizes, pilot,
                                            pilot_plan.fit_rows)
     ran = experiment.main_run(
@@ -305,7 +306,7 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                                    plan.fit_rows),
         lambda c: (c["bias"][1], c["variance"][1]),
         lambda c: (c["bias"][2], c["variance"][2]), gradient=False)
-    tests += premise(pilot, "pilot draws") if ran is None else premise(ran[1], "main-run draws")
+    tests += pilot_premise if ran is None else premise(ran[1], "main-run draws")
     if ran is None:
         return tests
     plan, sim, constants, moves = ran
@@ -358,8 +359,9 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                  margin=margin, example=i, note=f"{label}; margin: rel tau |grad J|")
                 for k in range(len(target))]
 
-    if experiment.rejected(run, premise(pilot, "pilot draws"), rate):
-        return premise(pilot, "pilot draws")
+    pilot_premise = premise(pilot, "pilot draws")
+    if experiment.rejected(run, pilot_premise, rate):
+        return pilot_premise
     pilot_constants = experiment.gradient_constants(setting, prediction, pilot_plan.sizes,
                                                     pilot_plan.fit_rows, pilot)
     ran = experiment.main_run(
@@ -369,7 +371,7 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                                                       plan.fit_rows, x),
         lambda c: (c["mse"][1], c["across"][1]),
         lambda c: (c["mse"][2], c["across"][2]), gradient=True)
-    tests = premise(pilot, "pilot draws") if ran is None else premise(ran[1], "main-run draws")
+    tests = pilot_premise if ran is None else premise(ran[1], "main-run draws")
     if ran is None:
         return tests
     plan, sim, constants, moves = ran
