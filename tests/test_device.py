@@ -35,8 +35,9 @@ CPU tensor is the tensor itself) and propagating the tag through ops; ``.to(devi
 clears it. Any violation raises :class:`DeviceLeak` naming the offending line, so the check
 code cannot run past it. Then every registered claim's checks and controls run under the
 mode on device ``cpu`` with the real check code (quick profile; only loop lengths of the
-slowest checks are shortened, see ``SHRINK``); and an AST scan of ``cgeom_verify/kernels``
-and ``claims`` catches the same constructs on code paths that run does not reach.
+slowest checks are shortened, see ``SHRINK``); and an AST scan of ``cgeom_verify/kernels``,
+``cgeom_verify/experiments`` and ``claims`` catches the same constructs on code paths that run
+does not reach.
 """
 
 from __future__ import annotations
@@ -392,7 +393,8 @@ FACTORY_NAMES = frozenset(
 ) | {"torch.Generator", "torch.from_numpy"}
 SOURCES = sorted(
     p.relative_to(Path(PROJECT_DIRS[0]).parent)
-    for d in (Path(PROJECT_DIRS[0]) / "kernels", Path(PROJECT_DIRS[1]))
+    for d in (Path(PROJECT_DIRS[0]) / "kernels", Path(PROJECT_DIRS[0]) / "experiments",
+              Path(PROJECT_DIRS[1]))
     for p in d.glob("*.py")
 )
 
