@@ -27,6 +27,7 @@ from scipy import optimize
 from cgeom_verify import Profiled, stats
 from cgeom_verify.kernels import angular_divergence as ad
 from cgeom_verify.kernels import clip_toy
+from cgeom_verify.kernels.adam import BatchedAdam
 
 SIGMAS = tuple(round(0.1 * i, 1) for i in range(8))
 #: sigma from which the gap is certified above the estimator's null (set after exploratory runs
@@ -775,7 +776,7 @@ def compare_adam(run) -> AdamComparison:
     start = clip_toy.initial_weights(run.pick(GRADIENT_RUNS), gen)
     grads = torch.randn((OPTIMISER_STEPS, *start.shape), generator=gen, dtype=start.dtype,
                         device=start.device)
-    ours = clip_toy.BatchedAdam(start, setting.lr, run.subject.adam_betas)
+    ours = BatchedAdam(start, setting.lr, run.subject.adam_betas)
     param = torch.nn.Parameter(start.clone())
     reference = torch.optim.Adam([param], lr=setting.lr)
     for g in grads:

@@ -8,7 +8,7 @@ Two linear 2x2 encoders without bias, outputs L2-normalised, trained on the symm
 loss (mean of the two cross-entropies) at tau = 0.07, batch 256, Adam lr 5e-3.
 
 A sweep trains R runs (sigmas x seeds) at once: weights ``[2, R, 2, 2]`` and one
-:class:`BatchedAdam` step for all (Adam is elementwise, so runs stay independent).
+:class:`adam.BatchedAdam` step for all (Adam is elementwise, so runs stay independent).
 
 The loss gradient is exact but never forms the B x B logit matrix. On the circle
 ``exp(kappa <z, w>) = e^kappa sum_{|k|<K} ive(k, kappa) e^{ik(phi - psi)}`` (Jacobi-Anger),
@@ -25,7 +25,7 @@ The same weighted kernel sums give the gradient of the deterministic large-batch
 + (1/2) sum_j b_j log sum_i a_i k(z_i, w_j)`` on a quadrature grid (:func:`train_population`):
 a minibatch is the case ``a = b = 1/B``, ``P = I/B``.
 
-Public API: :class:`ToyData`, :class:`KernelExpansion`, :class:`BatchedAdam`, :func:`sample_pairs`,
+Public API: :class:`ToyData`, :class:`KernelExpansion`, :func:`sample_pairs`,
 :func:`initial_weights`, :func:`train_sweep`, :func:`embed`, :func:`embedding_angles`,
 :func:`alignment_metrics`, :class:`PopulationGrid`, :func:`train_population`,
 :func:`pushforward_density`, :func:`symmetric_gap`, :func:`smallest_gap`.
@@ -40,10 +40,11 @@ import numpy as np
 import torch
 from scipy import special
 
+from .adam import BatchedAdam
+
 __all__ = [
     "ToyData",
     "KernelExpansion",
-    "BatchedAdam",
     "sample_pairs",
     "initial_weights",
     "train_sweep",
@@ -234,31 +235,6 @@ class KernelExpansion:
         coef[:, 0, 0] = self.coefficients[0] * re[:, 1]
         coef[:, 0, 1] = self.coefficients[0] * im[:, 1]
         return coef
-
-
-class BatchedAdam:
-    """Adam (Kingma & Ba; torch.optim.Adam's defaults: betas 0.9/0.999, eps 1e-8, no weight
-    decay) on one tensor holding every run's weights: elementwise, so runs stay independent."""
-
-    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.param = param.clone()
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = 0
-
-    def moments(self, grad: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Advance the moment estimates by ``grad``: Adam's denominator ``sqrt(v_hat) + eps`` and
-        the first moment's bias correction ``1 - beta1^t`` (the step is ``m / correction / denom``)."""
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        return (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps), 1 - b1**self.t
-
-    def step(self, grad: torch.Tensor) -> None:
-        denom, correction = self.moments(grad)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / correction)
 
 
 def embed(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

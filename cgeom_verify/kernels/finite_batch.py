@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from . import clip_toy, partition, vmf
+from .adam import BatchedAdam
 
 __all__ = [
     "bias_constant",
@@ -288,10 +289,10 @@ class Optimiser:
         return name + (f" wd {self.weight_decay:g}" if self.weight_decay else "")
 
 
-class BatchedOptimiser(clip_toy.BatchedAdam):
+class BatchedOptimiser(BatchedAdam):
     """SGD, Adam and AdamW on one weight tensor ``[2, R, 2, 2]``: per-run kind, rate and decay.
 
-    Adam's moments (:class:`clip_toy.BatchedAdam`) are kept for every run and used where the
+    Adam's moments (:class:`adam.BatchedAdam`) are kept for every run and used where the
     run's kind is Adam (elementwise, so runs stay independent): ``w <- w - lr (step + wd w)``,
     step = Adam's ``m_hat/(sqrt(v_hat) + eps)`` or the raw gradient.
     """
