@@ -43,9 +43,11 @@ kind            theory says                  FAIL / PASS rule     rates
 =============== ============================ ==================== ======================
 
 Also here: Monte Carlo summaries (:func:`mean_se`, :func:`variance_se`,
-:func:`weighted_least_squares`, :func:`clopper_pearson`), exact and permutation rank
-tests (:func:`mann_whitney`, :func:`jonckheere_terpstra`), their power at a designed pairwise
-ordering probability (:func:`jt_power`, :func:`jt_group_size`, :func:`mw_power`) and budgets
+:func:`weighted_least_squares`, :func:`clopper_pearson`), large-N limits read as the
+intercept of ``a + b/N + ...`` (:func:`inverse_size_fit`; :func:`intercept_variance_factor`
+designs them), exact and permutation rank tests (:func:`mann_whitney`,
+:func:`jonckheere_terpstra`), their power at a designed pairwise ordering probability
+(:func:`jt_power`, :func:`jt_group_size`, :func:`mw_power`) and budgets
 (:func:`bonferroni_split`, :func:`holm`).
 """
 
@@ -75,6 +77,9 @@ __all__ = [
     "mean_se",
     "variance_se",
     "weighted_least_squares",
+    "inverse_size_design",
+    "inverse_size_fit",
+    "intercept_variance_factor",
     "Fit",
     "clopper_pearson",
     "mann_whitney",
@@ -410,6 +415,30 @@ def weighted_least_squares(design, y, y_se) -> Fit:
     coef = cov @ (X.T @ (w * y))
     resid = y - X @ coef
     return Fit(coef, np.sqrt(np.diag(cov)), float((w * resid**2).sum()), len(y) - X.shape[1])
+
+
+# -- limits in a size N: y_N = a + b/N + ..., read the intercept ------------------------------
+
+
+def inverse_size_design(sizes, powers: Sequence[int] = (0, 1)) -> np.ndarray:
+    """The design of ``y_N = sum_p c_p N^-p``: one row per size, one column ``N^-p`` per power
+    in ``powers``, in that order (0 is the intercept's column of ones)."""
+    n = np.asarray(sizes, dtype=np.float64)
+    return np.stack([np.ones_like(n) if p == 0 else 1.0 / n**p for p in powers], axis=1)
+
+
+def inverse_size_fit(sizes, y, y_se, powers: Sequence[int] = (0, 1)) -> Fit:
+    """:func:`weighted_least_squares` of ``y_N = sum_p c_p N^-p`` (default ``a + b/N``: the
+    large-N limit ``a`` is ``coef[0]``); ``coef`` in the order of ``powers``."""
+    return weighted_least_squares(inverse_size_design(sizes, powers), y, y_se)
+
+
+def intercept_variance_factor(sizes, powers: Sequence[int] = (0, 1)) -> float:
+    """``[(X^T X)^-1]_00`` of :func:`inverse_size_design`: the variance of the fit's first
+    coefficient per unit variance of each point, when all points have the same variance (for
+    designing the sample before its errors are measured)."""
+    x = inverse_size_design(sizes, powers)
+    return float(np.linalg.inv(x.T @ x)[0, 0])
 
 
 def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:

@@ -211,3 +211,17 @@ def test_budgets():
     assert stats.holm([0.001, 0.02, 0.01], 0.05) == [True, True, True]
     with pytest.raises(ValueError):
         stats.bonferroni_split(1.5, [1])
+
+
+def test_inverse_size_fit_reads_the_limit_of_a_plus_b_over_n():
+    sizes = np.array([16.0, 32.0, 64.0, 128.0])
+    se = np.full(4, 1e-3)
+    fit = stats.inverse_size_fit(sizes, 2.0 + 5.0 / sizes - 7.0 / sizes**2, se, powers=(0, 1, 2))
+    np.testing.assert_allclose(fit.coef, [2.0, 5.0, -7.0], rtol=1e-9)
+    # the column order follows ``powers``; the default is a + b/N
+    swapped = stats.inverse_size_fit(sizes, 2.0 + 5.0 / sizes, se, powers=(1, 0))
+    np.testing.assert_allclose(swapped.coef, [5.0, 2.0], rtol=1e-9)
+    plain = stats.inverse_size_fit(sizes, 2.0 + 5.0 / sizes, se)
+    np.testing.assert_allclose(plain.coef, [2.0, 5.0], rtol=1e-9)
+    # equal errors: the intercept's s.e. is the point s.e. times sqrt of the design factor
+    assert plain.standard_error[0] == pytest.approx(1e-3 * stats.intercept_variance_factor(sizes) ** 0.5)

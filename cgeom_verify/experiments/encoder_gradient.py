@@ -391,8 +391,7 @@ def fit_rate(n, errors, n_ref) -> RateFit:
     slope_fit = stats.weighted_least_squares(log_design, np.log(mse), np.full_like(n, relative_se))
     # weights of the linear fit from the smooth log-log fit, not from the noisy means.
     smooth_se = relative_se * np.exp(log_design @ slope_fit.coef)
-    plateau_fit = stats.weighted_least_squares(np.stack([1 / n, 1 / n**2, np.ones_like(n)], 1),
-                                               mse, smooth_se)
+    plateau_fit = stats.inverse_size_fit(n, mse, smooth_se, powers=(1, 2, 0))
     reference_mse = plateau_fit.coef[0] / n_ref
     # The reference error is one draw of a quadratic form with the same normalised law: its
     # relative s.d. is sqrt(2 tr Sigma^2) / tr Sigma <= sqrt 2 for a Gaussian error, measured

@@ -75,12 +75,6 @@ class BiasDesign:
     sigma: float
 
 
-def _fit_variance_factor(sizes) -> float:
-    """``[(X^T X)^-1]_00`` for rows ``[1, 1/B]``: the intercept's variance per unit point variance."""
-    x = np.stack([np.ones(len(sizes)), 1.0 / np.asarray(sizes, dtype=np.float64)], axis=1)
-    return float(np.linalg.inv(x.T @ x)[0, 0])
-
-
 def plan_bias(run, i: int, setting: BiasSetting, decisions: int) -> BiasDesign | None:
     law, z = setting.law(), np.asarray(setting.anchor)
     beta = finite_batch.bias_constant(law, z, setting.tau)
@@ -91,8 +85,8 @@ def plan_bias(run, i: int, setting: BiasSetting, decisions: int) -> BiasDesign |
     sizes = tuple(b0 * 2**k for k in range(FIT_STEPS))
     sigma = SIGMA_SAFETY * math.sqrt(finite_batch.scaled_bias_variance(law, z, setting.tau, direction))
     margin = stats.relative_margin(size, run.relative_discrepancy)
-    replicates = stats.min_num_samples(sigma * math.sqrt(_fit_variance_factor(sizes)), margin,
-                                       run.decision_false_fail_rate(decisions),
+    fit_sigma = sigma * math.sqrt(stats.intercept_variance_factor(sizes))
+    replicates = stats.min_num_samples(fit_sigma, margin, run.decision_false_fail_rate(decisions),
                                        run.false_pass_rate, kind="equivalent")
     if replicates * sum(sizes) > run.pick(DRAW_CAP):
         run.not_applicable(f"regime B0 = {b0} (scale {scale:.3g}) needs {replicates} replicates "
@@ -134,9 +128,7 @@ def scaled_bias_fit(run, i: int, setting: BiasSetting, design: BiasDesign, subje
         mean, se = stats.mean_se(y)
         means.append(float(mean))
         errors.append(float(se))
-    n = np.asarray(design.sizes, dtype=np.float64)
-    fit = stats.weighted_least_squares(np.stack([np.ones_like(n), 1.0 / n], axis=1), means, errors)
-    return np.asarray(means), np.asarray(errors), fit
+    return np.asarray(means), np.asarray(errors), stats.inverse_size_fit(design.sizes, means, errors)
 
 
 def measure_bias(run, corrected: bool) -> list[BiasMeasurement]:

@@ -562,13 +562,6 @@ def simulate(run, setting: BatchSetting, prediction: Prediction, sizes, replicat
     )
 
 
-def _intercept(sizes, y, y_se):
-    """Weighted fit ``y_N = a + b/N``: (a, se(a), fit)."""
-    n = np.asarray(sizes, dtype=np.float64)
-    fit = stats.weighted_least_squares(np.stack([np.ones_like(n), 1.0 / n], axis=1), y, y_se)
-    return fit.coef[0], fit.standard_error[0], fit
-
-
 def _replicate_means(values: np.ndarray) -> np.ndarray:
     """Per-replicate means of a per-draw quantity ``[R, n, ...]`` -> ``[R, ...]``."""
     return values.mean(axis=1)
@@ -619,7 +612,8 @@ def value_constants(setting, prediction, fit_sizes, sim, rows) -> dict:
     control = weight * (delta / (1.0 + x)).sum(0)  # [G, R]
     quadratic = weight * (delta**2 / (2.0 * (1.0 + x) ** 2)).sum(0)
     q_mean, q_se = stats.mean_se(err - deterministic[:, None] - control + quadratic, axis=-1)
-    a, a_se, fit = _intercept(n, n * q_mean, n * q_se)
+    fit = stats.inverse_size_fit(n, n * q_mean, n * q_se)
+    a, a_se = fit.coef[0], fit.standard_error[0]
     shares = weight * float(setting.include_positive) * sum(
         x.positive_share for x in prediction.directions)
     bias = a - weight * float(c_hat.sum()) / 2 + shares
@@ -630,7 +624,8 @@ def value_constants(setting, prediction, fit_sizes, sim, rows) -> dict:
     products = (e_c - k_c) * (e_c + k_c) * err.shape[-1] / (err.shape[-1] - 1)
     d_mean, d_se = stats.mean_se(products, axis=-1)
     shrink = weight**2 * (c_hat[..., 0] * ((1.0 + x[..., 0]) ** -2 - 1.0)).sum(0)  # [G]
-    a_var, a_var_se, fit_var = _intercept(n, n * d_mean + shrink, n * d_se)
+    fit_var = stats.inverse_size_fit(n, n * d_mean + shrink, n * d_se)
+    a_var, a_var_se = fit_var.coef[0], fit_var.standard_error[0]
     variance = a_var + weight**2 * float(c_hat.sum())
     variance_se = a_var_se + weight**2 * c_se
     return {"bias": (bias, bias_se, fit), "variance": (variance, variance_se, fit_var),
@@ -692,8 +687,8 @@ def gradient_constants(setting, prediction, sizes, fit_rows, sim) -> dict:
     out = {}
     for key, rows_stat, pool in (("mse", mse_rows, mse_pool), ("across", across_rows, across_pool)):
         mean, se = stats.mean_se(rows_stat[fit_rows], axis=-1)
-        a, a_se, fit = _intercept(n, mean, se)
-        out[key] = (a + pool[0], a_se + pool[1], fit, pool[0])
+        fit = stats.inverse_size_fit(n, mean, se)
+        out[key] = (fit.coef[0] + pool[0], fit.standard_error[0] + pool[1], fit, pool[0])
     # every size's N (1 + x)^2 E|e|^2 (the small ones for the report's rate plot)
     out["scaled"] = stats.mean_se(n_all * scale * (error**2).sum(-1), axis=-1)
     return out
