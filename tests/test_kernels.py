@@ -68,6 +68,33 @@ def test_sample_vmf_replays_from_seed_and_batches():
     assert a.shape == (4, 7, 3) and torch.equal(a, b)
 
 
+def test_random_mixture_laws():
+    # means on the sphere, kappas U(0, kappa_max), Dirichlet(1) weights: E w = 1/K, and
+    # Var w = (K - 1) / (K^2 (K + 1)); 4000 mixtures put the mean within 4 s.e.
+    means, kappas, weights = vmf.random_mixture((4000,), 3, 5, torch.Generator().manual_seed(2),
+                                                kappa_max=7.0)
+    assert means.shape == (4000, 3, 5) and kappas.shape == weights.shape == (4000, 3)
+    one = torch.ones((), dtype=torch.float64)
+    assert torch.allclose(means.norm(dim=-1), one, atol=1e-14)
+    assert torch.allclose(weights.sum(-1), one, atol=1e-14) and bool((weights > 0).all())
+    assert 0 <= float(kappas.min()) and float(kappas.max()) < 7.0
+    se = math.sqrt(2 / (9 * 4) / 4000)
+    assert abs(float(weights.mean(0)[0]) - 1 / 3) < 4 * se
+    assert abs(float(kappas.mean()) - 3.5) < 4 * 7.0 / math.sqrt(12 * 12000)
+    # without kappa_max no concentration is drawn, and the rest of the stream is unchanged
+    again, none, same = vmf.random_mixture((4000,), 3, 5, torch.Generator().manual_seed(2))
+    assert none is None and torch.equal(again, means)
+
+
+def test_quadrature_grid_by_dimension():
+    for d, shape in ((2, (16,)), (3, (4, 8))):
+        points, weights = quadrature.grid(d, shape)
+        assert points.shape == (math.prod(shape), d) and abs(weights.sum().item() - 1) < 1e-14
+    assert quadrature.exact_degree(2, (16,)) == 15 and quadrature.exact_degree(3, (4, 8)) == 7
+    with pytest.raises(ValueError):
+        quadrature.grid(4, (4, 8))
+
+
 def test_vmf_density_integrates_to_one_on_s2():
     points, weights = quadrature.sphere_grid(60, 120)
     mean = torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64)

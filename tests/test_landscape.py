@@ -164,8 +164,7 @@ def test_vmf_normaliser_quadrature_bound_covers_the_error(sphere, shape, kappa):
     # up to the derived relative bound (plus rounding).
     from cgeom_verify.kernels import vmf
 
-    points, weights = (quadrature.circle_grid(*shape) if sphere == 2
-                       else quadrature.sphere_grid(*shape))
+    points, weights = quadrature.grid(sphere, shape)
     m = vmf.sample_uniform_sphere((), sphere, _gen(5))
     grid = float(torch.logsumexp(kappa * (points @ m) + torch.log(weights), -1))
     exact = float(vmf.log_kernel_volume(sphere, kappa))

@@ -128,7 +128,7 @@ def test_mixture_density_is_normalised_and_laplacian_matches_finite_differences(
 @pytest.mark.parametrize("d", [2, 3])
 def test_sharpening_expansion_is_exact_and_its_bracket_holds(d):
     gen = _generator(2)
-    points, weights = quadrature.circle_grid(512) if d == 2 else quadrature.sphere_grid(24, 48)
+    points, weights = quadrature.grid(d, (512,) if d == 2 else (24, 48))
     mixture = _mixture(d, gen)
     taus = torch.tensor([0.2, 0.05, 0.01, 1e-3, 1e-4], dtype=torch.float64)
     ex = geo.sharpening_expansion(points, *mixture, taus)

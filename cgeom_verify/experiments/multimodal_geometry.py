@@ -87,22 +87,18 @@ SHARPENING_TAUS = 0.01 * 2.0 ** -np.arange(7)
 def _grid(d: int, shape: tuple[int, ...], device, refine: int = 1):
     """Nodes, weights and the degree the rule integrates exactly."""
     shape = tuple(refine * s for s in shape)
-    points, weights = (quadrature.circle_grid(*shape, device=device) if d == 2
-                       else quadrature.sphere_grid(*shape, device=device))
-    exact_degree = shape[0] - 1 if d == 2 else min(2 * shape[0] - 1, shape[1] - 1)
-    return points, weights, exact_degree
+    return (*quadrature.grid(d, shape, device=device), quadrature.exact_degree(d, shape))
 
 
 def _uniform(shape, gen, device):
     return torch.rand(shape, generator=gen, dtype=torch.float64, device=device)
 
 
-def _random_mixtures(d, count, components, kappa_max, gen, device):
-    """``count`` vMF mixtures: uniform means, kappas U(0, kappa_max), Dirichlet(1) weights."""
-    means = vmf.sample_uniform_sphere((count, components), d, gen)
-    kappas = kappa_max * _uniform((count, components), gen, device)
-    gamma = -torch.log1p(-_uniform((count, components), gen, device))
-    return means, kappas, torch.log(gamma / gamma.sum(-1, keepdim=True))
+def _random_mixtures(d, count, components, kappa_max, gen):
+    """``count`` vMF mixtures (:func:`vmf.random_mixture`): uniform means, kappas
+    U(0, kappa_max), Dirichlet(1) weights; as ``(means, kappas, log weights)``."""
+    means, kappas, weights = vmf.random_mixture((count,), components, d, gen, kappa_max=kappa_max)
+    return means, kappas, torch.log(weights)
 
 
 def _grid_rounding(weights, *terms, sums: int):
@@ -174,7 +170,7 @@ def measure_decomposition(run, s: DensityFamily, gen) -> DecompositionMeasuremen
     grid = _grid(s.d, FINE[s.d], run.device)
     points, weights, _ = grid
     if s.family == "vmf-mixture":
-        mixtures = _random_mixtures(s.d, 2 * batch, s.components, s.kappa_max, gen, run.device)
+        mixtures = _random_mixtures(s.d, 2 * batch, s.components, s.kappa_max, gen)
         log_rho = geo.vmf_mixture_log_density(points, *mixtures)
     else:
         log_rho = torch.log(floored_simplex.sample_floored(weights, s.floor, 2 * batch, gen))
@@ -200,7 +196,7 @@ def _single_vmf_closed_form(run, s, grid, batch, gen) -> Bounded:
     degree-1 polynomial, ``exp_polynomial_quadrature_bound``) + rounding on both sides.
     """
     points, weights, exact_degree = grid
-    means, kappas, log_w = _random_mixtures(s.d, 2 * batch, 1, s.kappa_max, gen, run.device)
+    means, kappas, log_w = _random_mixtures(s.d, 2 * batch, 1, s.kappa_max, gen)
     log_rho = geo.vmf_mixture_log_density(points, means, kappas, log_w)
     log_p, log_q = log_rho[:batch], log_rho[batch:]
     m, k = means[:, 0].cpu().numpy(), kappas[:, 0].cpu().numpy()
@@ -274,7 +270,7 @@ def measure_sharpening(run, s: MixturePair, gen) -> SharpeningMeasurement:
     batch = run.pick(SHARPENING_PAIRS)
     taus = run.tensor(SHARPENING_TAUS)
     points, weights, _ = _grid(s.d, FINE[s.d], run.device)
-    mixtures = _random_mixtures(s.d, 2 * batch, s.components, s.kappa_max, gen, run.device)
+    mixtures = _random_mixtures(s.d, 2 * batch, s.components, s.kappa_max, gen)
     log_q = geo.vmf_mixture_log_density(points, *mixtures)
     expansion = geo.sharpening_expansion(points, *mixtures, taus)
     return SharpeningMeasurement(
@@ -571,7 +567,7 @@ class CoordinateProblem:
 def coordinate_problem(run, s: FlooredSetting, gen) -> CoordinateProblem:
     """The fixed rho2 a vMF mixture, U1 a mixture of ``s.wells`` wells (0 without)."""
     points, weights, _ = _grid(s.d, CELLS[s.d], run.device)
-    mixture = _random_mixtures(s.d, 1, 2, s.kappa_max, gen, run.device)
+    mixture = _random_mixtures(s.d, 1, 2, s.kappa_max, gen)
     rho2 = geo.vmf_mixture_log_density(points, *mixture).exp()[0]
     potential = torch.zeros_like(weights)
     if s.wells > 0:

@@ -113,9 +113,7 @@ GRID_SHAPES = {2: (96,), 3: (24, 48)}
 
 def grid(sphere: int, device):
     """The quadrature grid a potential setting lives on (identities are exact on any grid)."""
-    if sphere == 2:
-        return quadrature.circle_grid(*GRID_SHAPES[2], device=device)
-    return quadrature.sphere_grid(*GRID_SHAPES[3], device=device)
+    return quadrature.grid(sphere, GRID_SHAPES[sphere], device=device)
 
 
 def potentials(setting: PotentialSetting, count: int, generator, device):

@@ -4,6 +4,8 @@
   for smooth periodic integrands (error decays like the integrand's Fourier tail).
 * :func:`sphere_grid` — Gauss-Legendre nodes in cos(theta) times equispaced phi: exact
   for spherical polynomials of degree < 2 n_theta in z and < n_phi in phi.
+* :func:`grid` — either, by the ambient dimension d (2: the circle, 3: the sphere), with
+  :func:`exact_degree` the degree it integrates exactly.
 
 and the one precision model of the quadrature claims (landscape, multimodal geometry):
 :data:`UNIT_ROUNDOFF`, :func:`gamma`, :func:`summation_error_bound`,
@@ -24,6 +26,7 @@ from . import vmf
 __all__ = [
     "circle_grid",
     "sphere_grid",
+    "grid",
     "UNIT_ROUNDOFF",
     "OPS_PER_TERM",
     "gamma",
@@ -58,6 +61,17 @@ def sphere_grid(n_theta: int, n_phi: int, dtype=torch.float64, device=None):
     ).reshape(-1, 3)
     weights = (wz[:, None] / n_phi).expand(n_theta, n_phi).reshape(-1)
     return points, weights
+
+
+def grid(d: int, shape: tuple[int, ...], dtype=torch.float64, device=None):
+    """``(points, weights)`` on S^{d-1}: :func:`circle_grid` for d = 2 (``shape = (n,)``),
+    :func:`sphere_grid` for d = 3 (``shape = (n_theta, n_phi)``); :func:`exact_degree` says
+    which spherical polynomials it integrates exactly."""
+    if d == 2:
+        return circle_grid(*shape, dtype=dtype, device=device)
+    if d == 3:
+        return sphere_grid(*shape, dtype=dtype, device=device)
+    raise ValueError(f"quadrature grids are on S^1 (d = 2) and S^2 (d = 3), not d = {d}")
 
 
 # --- the one precision model for grid sums and quadrature ------------------------------------

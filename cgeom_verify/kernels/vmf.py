@@ -14,7 +14,9 @@ Public API:
 * :func:`vmf_log_density` — log density w.r.t. ``mu``;
 * :func:`sample_vmf` — Wood's (1994) rejection sampler, batched, driven by a
   ``torch.Generator`` so that every draw replays from its seed;
-* :func:`sample_uniform_sphere`.
+* :func:`sample_uniform_sphere`;
+* :func:`random_mixture` — random vMF mixtures (uniform means, Dirichlet(1) weights), the
+  test laws of the landscape and multimodal-geometry checks.
 
 The Bessel functions are evaluated in NumPy/SciPy (float64): they enter as
 per-setting constants, never inside the per-sample hot loop.
@@ -32,6 +34,7 @@ __all__ = [
     "vmf_log_density",
     "sample_vmf",
     "sample_uniform_sphere",
+    "random_mixture",
 ]
 
 # Terms of the 0F1 series used where scaled Bessel values underflow (x << nu); there
@@ -105,6 +108,26 @@ def sample_uniform_sphere(shape, d: int, generator: torch.Generator, dtype=torch
     """Uniform points on S^{d-1}, shape ``[*shape, d]``."""
     g = torch.randn(*shape, d, generator=generator, dtype=dtype, device=generator.device)
     return g / g.norm(dim=-1, keepdim=True)
+
+
+def random_mixture(shape, components: int, d: int, generator: torch.Generator, *,
+                   kappa_max: float | None = None, dtype=torch.float64):
+    """A random vMF mixture per entry of ``shape``: ``components`` means uniform on S^{d-1},
+    concentrations U(0, ``kappa_max``) (none drawn when it is None) and Dirichlet(1, ..., 1)
+    weights, drawn in that order on the generator's device.
+
+    Returns ``(means[*shape, K, d], kappas[*shape, K] or None, weights[*shape, K])``.
+    """
+    shape = (*shape, components)
+    means = sample_uniform_sphere(shape, d, generator, dtype=dtype)
+    kappas = None
+    if kappa_max is not None:
+        kappas = kappa_max * torch.rand(shape, generator=generator, dtype=dtype,
+                                        device=generator.device)
+    # Exp(1) draws, finite for every u in [0, 1) that torch.rand returns (-log u is not at 0)
+    exponential = -torch.log1p(-torch.rand(shape, generator=generator, dtype=dtype,
+                                           device=generator.device))
+    return means, kappas, exponential / exponential.sum(-1, keepdim=True)
 
 
 def _standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
