@@ -1188,9 +1188,8 @@ def run_audit(files, *, temperature: float, config, values: dict, workers: str,
     import json
     import os
     import subprocess
-    import sys
 
-    from . import certificate, options, registry, report
+    from . import certificate, options, report
     from ._audit_claims import ENV
     from .settings import ConfigError
 
@@ -1225,11 +1224,8 @@ def run_audit(files, *, temperature: float, config, values: dict, workers: str,
         "provider": ["cgeom_verify._audit_claims"],
         "providers_only": True,
     }
-    argv = [sys.executable, "-m", "pytest", str(registry.__file__), "--rootdir", os.getcwd(),
-            "-p", "no:cacheprovider", "-q", *options.pytest_arguments(handed)]  # fmt: skip
-    if workers != "0":
-        argv += ["-n", workers, "--dist", "worksteal"]
-    subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(options.pytest_command(handed, workers, quiet=True), env=env, check=False,
+                   stdout=subprocess.DEVNULL)
     target = Path(reports) / certificate.JSON_NAME
     cert = certificate.load(target)
     cert["audit"] = {

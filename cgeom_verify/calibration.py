@@ -16,6 +16,7 @@ from pathlib import Path
 from scipy import stats as _scipy_stats
 
 from .certificate import atomic_write
+from .options import run_arguments
 from .repeat import certify
 
 __all__ = ["calibrate", "render_markdown"]
@@ -26,7 +27,7 @@ def calibrate(seeds: list[int], run_options: list[str], out: Path, family_alpha:
     """Certify under each master seed (reports under ``out/seed-S``); write ``out/calibration.*``."""
     runs = []
     for k, seed in enumerate(seeds, 1):
-        outcome = certify(["--seed", str(seed), "--alpha", str(family_alpha), *run_options],
+        outcome = certify([*run_arguments({"seed": seed, "alpha": family_alpha}), *run_options],
                           out / f"seed-{seed}")
         runs.append({"seed": seed, **outcome})
         progress(f"[{k}/{len(seeds)}] seed {seed}: {outcome['verdict']} ({outcome['wall_time_s']} s)"

@@ -23,14 +23,13 @@ exit status 2; never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import calibration, certificate, mutation, options, registry, replay, report
+from . import calibration, certificate, mutation, options, replay, report
 from .audit import KINDS, OBJECTIVES, RETRIEVALS, STATEMENT
 from .certificate import CertificateError
 from .settings import ConfigError, RunConfig
@@ -50,6 +49,11 @@ def _workers(value: str) -> str:
     raise argparse.ArgumentTypeError(f"workers must be 'auto' or a non-negative integer, got {value!r}")
 
 
+def _add_workers(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--workers``: the xdist workers of every command that certifies."""
+    parser.add_argument("--workers", default=default, type=_workers, help="xdist workers (0: no xdist)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cgeom-verify", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,14 +62,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the claims and write the certificate")
     options.add_arguments(run)
-    run.add_argument("--workers", default="auto", type=_workers, help="xdist workers (0: no xdist)")
+    _add_workers(run)
     run.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
     again = sub.add_parser("replay", help="re-run what a certificate records and compare")
     again.add_argument("certificate", help="certificate.json to replay")
     again.add_argument("--reports", default=None,
                        help="directory for the new certificate (default: replay/ beside it)")
-    again.add_argument("--workers", default="auto", type=_workers, help="xdist workers")
+    _add_workers(again)
 
     compare = sub.add_parser("diff", help="compare two certificates: verdicts and numbers")
     compare.add_argument("first")
@@ -101,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="held: the gap is the loss's minimum along the shift; closing-favoured: "
                             "closing it lowers the loss (Liang et al.'s higher-temperature regime)")
     options.add_arguments(audit, ("profile", "seed", "device", "alpha", "reports"), reports="reports/audit")
-    audit.add_argument("--workers", default="0", type=_workers, help="xdist workers (0: no xdist)")
+    _add_workers(audit, default="0")
     return parser
 
 
@@ -114,18 +118,19 @@ def _positive(value: str) -> int:
 def _certify_options(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options a calibration or mutation run passes on to each certification."""
     options.add_arguments(parser, ("profile", "device", "claims", "provider", "providers-only"))
-    parser.add_argument("--workers", default="auto", type=_workers, help="xdist workers")
+    _add_workers(parser)
 
 
 def _run_options(args) -> list[str]:
+    """The ``run`` arguments a calibration or mutation run hands on to each certification."""
     RunConfig(profile=args.profile, device=args.device)  # validated before any run starts
-    return (["--profile", args.profile, "--device", args.device, "--workers", args.workers]
-            + [f"--provider={p}" for p in args.provider]
-            + (["--providers-only"] if args.providers_only else []))
+    return options.run_arguments({"profile": args.profile, "device": args.device,
+                                  "provider": args.provider, "providers_only": args.providers_only}
+                                 ) + [f"--workers={args.workers}"]
 
 
 def _list(args) -> int:
-    found = registry.discover(tuple(args.provider), installed=not args.providers_only)
+    found = options.discover(vars(args))
     if not found.claims:
         print("no claims registered")
     width = max((len(r.claim.id) for r in found.claims), default=8)
@@ -137,30 +142,12 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    values = {o.dest: getattr(args, o.dest) for o in options.RUN_OPTIONS}
+    values = vars(args)
     options.run_config(values)
     Shard.parse(args.shard)
-    ids = options.claim_ids(args.claims)
-    found = registry.discover(tuple(args.provider), installed=not args.providers_only)
-    try:
-        found.select(ids)
-    except KeyError as exc:
-        raise ConfigError(f"unknown claim id(s): {exc.args[0]}; known: {', '.join(found.ids())}") from None
-    argv = [
-        sys.executable, "-m", "pytest",
-        str(registry.__file__),
-        "--rootdir", os.getcwd(),
-        "-p", "no:cacheprovider",
-        "-v",
-        *options.pytest_arguments(values),
-    ]
-    if args.workers != "0":
-        # worksteal: claim items differ in cost by 1000x; an idle worker takes queued items
-        # from a busy one instead of waiting while one worker runs the long tail.
-        argv += ["-n", args.workers, "--dist", "worksteal"]
-    # A child process: the claim modules imported above for validation must not be
-    # imported before pytest starts (assertion rewriting, clean interrupt handling).
-    return subprocess.run(argv + list(args.pytest_args), check=False).returncode
+    options.select_claims(values)
+    argv = options.pytest_command(values, args.workers) + list(args.pytest_args)
+    return subprocess.run(argv, check=False).returncode
 
 
 def _replay(args) -> int:
@@ -209,17 +196,13 @@ def _calibrate(args) -> int:
     alpha = options.run_config({"seed": "0", "profile": args.profile, "device": args.device,
                                 "alpha": args.alpha}).family_alpha
     run_options = _run_options(args)
-    ids = options.claim_ids(args.claims)
+    ids = options.id_list(args.claims)
     if ids:
         # A subset runs each check at the share it has in the whole certificate (the same
         # numbers, bit for bit), so subsets calibrated apart add up to the whole.
-        found = registry.discover(tuple(args.provider), installed=not args.providers_only)
-        try:
-            chosen = [e.claim for e in found.select(ids)]
-        except KeyError as exc:
-            raise ConfigError(f"unknown claim id(s): {exc.args[0]}") from None
-        alpha *= check_count(chosen) / check_count(e.claim for e in found.claims)
-        run_options += ["--claims", ",".join(ids)]
+        found, chosen = options.select_claims(vars(args))
+        alpha *= check_count(e.claim for e in chosen) / check_count(e.claim for e in found.claims)
+        run_options += options.run_arguments({"claims": ",".join(ids)})
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     summary = calibration.calibrate(seeds, run_options, Path(args.reports), alpha,
                                     progress=lambda line: print(line, flush=True))
@@ -235,7 +218,7 @@ def _mutants(args) -> int:
         raise ConfigError("mutants: each mutant names its own claims; --claims does not apply")
     root = Path(args.root).resolve()
     mutants = mutation.load_catalogue([Path(c) for c in args.catalogues], root)
-    only = [i.strip() for i in args.only.split(",") if i.strip()]
+    only = options.id_list(args.only)
     unknown = sorted(set(only) - {m.id for m in mutants})
     if unknown:
         raise ConfigError(f"unknown mutant id(s): {', '.join(unknown)}")

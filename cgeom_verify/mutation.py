@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .certificate import atomic_write
+from .options import run_arguments
 from .repeat import certify
 from .settings import ConfigError
 
@@ -91,8 +92,8 @@ def score(mutants: list[Mutant], root: Path, run_options: list[str], out: Path,
         shutil.copytree(root, pristine, ignore=IGNORED)
         claims = sorted({c for m in mutants for c in m.claims})
         progress(f"baseline: certifying {len(claims)} claims unmutated ...")
-        baseline = certify(["--claims", ",".join(claims), *run_options], work / "baseline",
-                           source=pristine)
+        baseline = certify([*run_arguments({"claims": ",".join(claims)}), *run_options],
+                           work / "baseline", source=pristine)
         progress(f"baseline: {baseline['verdict']} ({baseline['wall_time_s']} s)")
         results = []
         for k, mutant in enumerate(mutants, 1):
@@ -101,7 +102,7 @@ def score(mutants: list[Mutant], root: Path, run_options: list[str], out: Path,
             target = source / mutant.file
             target.write_text(target.read_text(encoding="utf-8").replace(mutant.find, mutant.replace),
                               encoding="utf-8")
-            outcome = certify(["--claims", ",".join(mutant.claims), *run_options],
+            outcome = certify([*run_arguments({"claims": ",".join(mutant.claims)}), *run_options],
                               work / f"{mutant.id}-reports", source=source)
             killed = outcome["verdict"] != "PASS"
             results.append({**asdict(mutant), "killed": killed, **outcome})

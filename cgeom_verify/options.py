@@ -2,20 +2,25 @@
 
 ``cgeom-verify run --seed 7`` and ``pytest cgeom_verify/registry.py --cgeom-seed=7``
 take the same options with the same defaults and help (:data:`RUN_OPTIONS`), and
-parse them the same way (:func:`run_config`, :func:`claim_ids`): the command line
-validates them and hands them on to pytest as ``--cgeom-*`` arguments
-(:func:`pytest_arguments`), where the plugin reads them back.
+parse and validate them the same way (:func:`run_config`, :func:`select_claims`,
+:func:`id_list`): the command line validates them before it starts pytest and hands
+them on as ``--cgeom-*`` arguments (:func:`pytest_arguments`, :func:`pytest_command`),
+where the plugin reads them back. :func:`run_arguments` writes them as ``cgeom-verify run``
+arguments (replay, calibration and mutation runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import dataclass
 
+from . import registry
 from .settings import ConfigError, RunConfig
 
 __all__ = ["Option", "RUN_OPTIONS", "add_arguments", "add_pytest_options", "pytest_arguments",
-           "run_config", "claim_ids"]
+           "pytest_command", "run_arguments", "run_config", "discover", "select_claims", "id_list"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,14 @@ class Option:
             return {"action": "append", "default": [], "help": self.help}
         return {"default": self.default, "help": self.help}
 
+    def _argv(self, value, prefix: str) -> list[str]:
+        """``value`` written as arguments ``<prefix><name>=...``."""
+        if self.flag:
+            return [f"{prefix}{self.name}"] if value else []
+        if self.repeat:
+            return [f"{prefix}{self.name}={v}" for v in value]
+        return [f"{prefix}{self.name}={value}"]
+
 
 RUN_OPTIONS = (
     Option("profile", "quick", "quick (CI) or full (nightly)"),
@@ -51,6 +64,7 @@ RUN_OPTIONS = (
     Option("shard", "", "i/n: run only the i-th of n shards of the claim items (see merge)"),
 )
 _BY_NAME = {o.name: o for o in RUN_OPTIONS}
+_BY_DEST = {o.dest: o for o in RUN_OPTIONS}
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
@@ -70,17 +84,34 @@ def add_pytest_options(group) -> None:
 
 
 def pytest_arguments(values: dict) -> list[str]:
-    """The ``--cgeom-*`` arguments that hand ``values`` (keyed by dest) on to the plugin."""
+    """The ``--cgeom-*`` arguments that hand ``values`` (keyed by dest) on to the plugin;
+    an option at its default is left out."""
     argv = []
     for option in RUN_OPTIONS:
         value = values.get(option.dest, option.default)
-        if option.flag:
-            argv += [f"--cgeom-{option.name}"] if value else []
-        elif option.repeat:
-            argv += [f"--cgeom-{option.name}={v}" for v in value]
-        elif value != option.default:
-            argv.append(f"--cgeom-{option.name}={value}")
+        if option.flag or option.repeat or value != option.default:
+            argv += option._argv(value, "--cgeom-")
     return argv
+
+
+def pytest_command(values: dict, workers: str, *, quiet: bool = False) -> list[str]:
+    """The pytest command line that certifies with the run options ``values``: the plugin's
+    collection anchor, ``--cgeom-*`` arguments and ``workers`` xdist workers ("0": none).
+    Run it as a child process: claim modules imported to validate the options must not be
+    imported before pytest starts (assertion rewriting, clean interrupt handling)."""
+    argv = [sys.executable, "-m", "pytest", str(registry.__file__), "--rootdir", os.getcwd(),
+            "-p", "no:cacheprovider", "-q" if quiet else "-v", *pytest_arguments(values)]
+    if workers != "0":
+        # worksteal: claim items differ in cost by 1000x; an idle worker takes queued items
+        # from a busy one instead of waiting while one worker runs the long tail.
+        argv += ["-n", workers, "--dist", "worksteal"]
+    return argv
+
+
+def run_arguments(values: dict) -> list[str]:
+    """``cgeom-verify run`` arguments giving each of ``values`` (keyed by dest, in its order)
+    explicitly, default or not."""
+    return [arg for dest, value in values.items() for arg in _BY_DEST[dest]._argv(value, "--")]
 
 
 def run_config(values: dict) -> RunConfig:
@@ -97,6 +128,21 @@ def run_config(values: dict) -> RunConfig:
                      family_alpha=alpha)
 
 
-def claim_ids(text: str) -> list[str]:
-    """``"a, b,"`` -> ``["a", "b"]``."""
+def discover(values: dict) -> registry.Registry:
+    """The claims the ``provider`` and ``providers_only`` options register."""
+    return registry.discover(tuple(values["provider"]), installed=not values["providers_only"])
+
+
+def select_claims(values: dict) -> tuple[registry.Registry, list[registry.RegisteredClaim]]:
+    """Every registered claim and those ``claims`` selects (an unknown id is a ConfigError)."""
+    found = discover(values)
+    try:
+        return found, found.select(id_list(values["claims"]))
+    except KeyError as exc:
+        known = ", ".join(found.ids()) or "none"
+        raise ConfigError(f"unknown claim id(s): {exc.args[0]}; known: {known}") from None
+
+
+def id_list(text: str) -> list[str]:
+    """Comma-separated ids: ``"a, b,"`` -> ``["a", "b"]``."""
     return [i.strip() for i in text.split(",") if i.strip()]

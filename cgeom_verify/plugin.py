@@ -50,7 +50,7 @@ import torch
 from . import certificate, registry, report
 from .claim import Check, Claim, Control, Obligation
 from .evidence import check_evidence, control_evidence, obligation_evidence
-from .options import RUN_OPTIONS, add_pytest_options, claim_ids, run_config
+from .options import RUN_OPTIONS, add_pytest_options, run_config, select_claims
 from .settings import ConfigError, RunConfig
 from .shard import Shard, check_count, item_keys
 
@@ -80,26 +80,16 @@ def _values(config: pytest.Config) -> dict:
     return {o.dest: config.getoption(f"cgeom_{o.dest}") for o in RUN_OPTIONS}
 
 
-def _discover(config: pytest.Config) -> registry.Registry:
-    return registry.discover(
-        tuple(config.getoption("cgeom_provider")), installed=not config.getoption("cgeom_providers_only")
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
     if not _certifying(config):
         return
+    values = _values(config)
     try:
-        config.stash[_config_key] = run_config(_values(config))
-        config.stash[_shard_key] = Shard.parse(config.getoption("cgeom_shard"))
+        config.stash[_config_key] = run_config(values)
+        config.stash[_shard_key] = Shard.parse(values["shard"])
+        config.stash[_selection_key] = list(select_claims(values))
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    found = _discover(config)
-    try:
-        config.stash[_selection_key] = [found, found.select(claim_ids(config.getoption("cgeom_claims")))]
-    except KeyError as exc:
-        known = ", ".join(found.ids()) or "none"
-        raise pytest.UsageError(f"unknown claim id(s): {exc.args[0]}; known: {known}") from None
     torch.set_num_threads(1)
     if not _is_worker(config):
         config.pluginmanager.register(CertificateWriter(config), "cgeom-certificate-writer")

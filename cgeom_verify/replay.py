@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import certificate
+from . import certificate, options
 from .certificate import CertificateError
 from .settings import RunConfig
 from .text import clip
@@ -206,15 +206,13 @@ def replay_arguments(cert: dict, reports: str) -> list[str]:
     if env["false_pass_rate"] != RunConfig().false_pass_rate:
         raise CertificateError(f"cannot replay false-pass rate {env['false_pass_rate']}: "
                                "the command line has no option for it")
-    argv = ["run", "--profile", env["profile"], "--seed", str(env["master_seed"]),
-            "--alpha", repr(env["family_alpha"]), "--device", env["device"]["type"],
-            "--claims", ",".join(chosen["claims"]), "--reports", reports]
-    argv += [arg for p in chosen["providers"] for arg in ("--provider", p)]
-    if chosen["providers_only"]:
-        argv.append("--providers-only")
+    values = {"profile": env["profile"], "seed": env["master_seed"], "alpha": repr(env["family_alpha"]),
+              "device": env["device"]["type"], "claims": ",".join(chosen["claims"]),
+              "reports": reports, "provider": chosen["providers"],
+              "providers_only": chosen["providers_only"]}
     if chosen["shard"]:
-        argv += ["--shard", f"{chosen['shard']['index']}/{chosen['shard']['count']}"]
-    return argv
+        values["shard"] = f"{chosen['shard']['index']}/{chosen['shard']['count']}"
+    return ["run", *options.run_arguments(values)]
 
 
 # -- merge -----------------------------------------------------------------------------------

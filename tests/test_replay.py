@@ -81,8 +81,8 @@ def test_replay_reruns_what_is_recorded_and_names_each_difference(runs, tmp_path
     code, out, err = _status(["replay", edited, "--workers", "0", "--reports", tmp_path / "again"],
                              capsys)
     assert code == 1, out + err
-    assert "--profile quick --seed 20260119 --alpha 0.01 --device cpu --claims toy-mean" in out
-    assert "--shard 2/2" in out
+    assert "--profile=quick --seed=20260119 --alpha=0.01 --device=cpu --claims=toy-mean" in out
+    assert "--shard=2/2" in out
     assert "environment: torch 0.0.1 -> " in out
     # exactly the tampered numbers differ: everything else was reproduced bit for bit
     check = "toy-mean / check: sample mean equals mu"
