@@ -140,13 +140,10 @@ def random_mixture_potential(
     points: torch.Tensor, count: int, components: int, kappa: float, generator: torch.Generator
 ) -> torch.Tensor:
     """``count`` log-sum-exp vMF-mixture potentials (:func:`gibbs.mixture_potential`) on
-    ``points[M, d]``: uniform random means, Dirichlet(1) weights. Returns ``[count, M]``."""
-    d = points.shape[-1]
-    means = vmf.sample_uniform_sphere((count, components), d, generator, dtype=points.dtype)
-    exponential = -torch.log(
-        torch.rand(count, components, generator=generator, dtype=points.dtype, device=points.device)
-    )
-    weights = exponential / exponential.sum(-1, keepdim=True)  # Dirichlet(1, ..., 1)
+    ``points[M, d]`` of the mixtures :func:`vmf.random_mixture` draws (uniform random means,
+    Dirichlet(1) weights) at concentration ``kappa``. Returns ``[count, M]``."""
+    means, _, weights = vmf.random_mixture((count,), components, points.shape[-1], generator,
+                                           dtype=points.dtype)
     return gibbs.mixture_potential(points, means, weights, kappa)
 
 
