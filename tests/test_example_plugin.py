@@ -80,12 +80,12 @@ def _python(site, *args, cwd):
 def test_list_names_the_plugin_claim_its_package_and_the_broken_plugins(site, tmp_path):
     result = _python(site, "-m", "cgeom_verify.cli", "list", cwd=tmp_path)
     line = next(x for x in result.stdout.splitlines() if x.startswith(CLAIM))
-    assert "textbook" in line and "cgeom-example-claims (cgeom_example_claims)" in line
+    assert "textbook" in line and "cgeom-example-claims (cgeom_example_claims.uniform)" in line
     assert "cgeom-verify (claims." in result.stdout  # the paper's claims are still all there
     assert ("PROBLEM cgeom_broken_claims (cgeom-broken-claims): import failed: "
             "ModuleNotFoundError: No module named 'a_module_that_does_not_exist'") in result.stderr
     assert (f"PROBLEM cgeom_other_claims (cgeom-other-claims): duplicate claim id "
-            f"'{CLAIM}' (already defined in cgeom_example_claims)") in result.stderr
+            f"'{CLAIM}' (already defined in cgeom_example_claims.uniform)") in result.stderr
     assert result.returncode == 1  # a broken plugin is never silent
 
 

@@ -1,0 +1,1 @@
+"""Experiment machinery, one module per theorem sheet of the package (the floor below it)."""
