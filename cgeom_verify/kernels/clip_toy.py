@@ -168,6 +168,15 @@ class KernelExpansion:
     ``r_i = sum_j b_j k_ij``, ``c_j = sum_i a_i k_ij``, with respect to the (unit) embeddings,
     and J itself. The alignment enters through ``pair_z2 = P z2`` and ``pair_z1 = P^T z1``.
     The Bessel coefficients live on ``device`` (that of the embeddings; ``None``: the CPU).
+
+    The kernel is the truncated series ``k(delta) = sum_{|n| < degree} ive(n, kappa) e^{in delta}``
+    (``delta`` the angle between z and w). A vector sum ``sum_j w_j k_ij z2_j`` is taken in the frame
+    of ``z1_i`` (radial ``z``, tangential ``t = (-z_y, z_x)``): ``k(delta) (cos delta, -sin delta)``
+    of the truncated kernel is again a trigonometric polynomial, of degree ``degree``, with
+    coefficients ``lam_{m-1} +- lam_{m+1}`` (:attr:`radial`, :attr:`tangent`), so each component is
+    one polynomial in ``phi_i`` whose coefficients are moments of the w_j: the same numbers as the
+    truncated kernel times ``z2_j``, without the radial part where only the tangential one is needed
+    (the chain rule through ``z = y / |y|`` keeps only that).
     """
 
     def __init__(self, tau: float, tail: float = 1e-10, device=None):
@@ -179,62 +188,102 @@ class KernelExpansion:
         below = np.nonzero(tails < tail * coeff[0])[0]
         if below.size == 0:
             raise ValueError(f"tau = {tau} needs more than 4096 harmonics")
-        self.degree = int(below[0])  # harmonics 0..degree-1 are kept
-        self.harmonics = 8 * math.ceil((self.degree + 1) / 8)  # +1 for the shift by b_j; block of 8
-        self.coefficients = torch.as_tensor(coeff[: self.degree], dtype=torch.float64, device=device)
+        self.degree = d = int(below[0])  # harmonics 0..degree-1 of the kernel are kept
+        self.harmonics = d + 1  # power tables: 0..degree (the frame's polynomials reach degree)
+        lam = np.zeros(d + 2)
+        lam[:d] = coeff[:d]
+        #: rows of the kernel polynomial: ``(1, 2, 2, ...) lam_n``, n = 0..degree (lam_degree = 0)
+        kernel = np.where(np.arange(d + 1) == 0, 1.0, 2.0) * lam[: d + 1]
+        #: ``k(delta) cos delta = sum_m radial_m cos(m delta)``: lam_1, lam_0 + lam_2, lam_{m-1} + lam_{m+1}
+        radial = np.r_[lam[1], lam[:d] + lam[2 : d + 2]]
+        #: ``k(delta) sin delta = sum_m tangent_m sin(m delta)``: 0, lam_0 - lam_2, lam_{m-1} - lam_{m+1}
+        tangent = np.r_[0.0, lam[:d] - lam[2 : d + 2]]
+        # Moments M = sum_j w_j (cos n psi_j; sin n psi_j) -> coefficients on a table's (cos; sin)
+        # rows, as right-multiplied maps: the kernel sum (kernel_n M^c_n, kernel_n M^s_n); the
+        # tangential component sum_m tangent_m (M^s_m cos m phi - M^c_m sin m phi); the radial one
+        # sum_m radial_m (M^c_m cos m phi + M^s_m sin m phi).
+        zero = np.zeros((d + 1, d + 1))
+        tangent_map = np.block([[zero, -np.diag(tangent)], [np.diag(tangent), zero]])
+        radial_map = np.diag(np.r_[radial, radial])
+        like = {"dtype": torch.float64, "device": device}
+        self.coefficients = torch.as_tensor(coeff[:d], **like)
+        self.kernel, self.radial, self.tangent = (
+            torch.as_tensor(v, **like) for v in (kernel, radial, tangent)
+        )
+        frames = {1: [tangent_map], 2: [tangent_map, radial_map]}
+        self._moment_maps = {
+            frame: (
+                torch.as_tensor(np.hstack([np.diag(np.r_[kernel, kernel]), *maps]), **like),
+                torch.as_tensor(np.hstack(maps), **like),
+            )
+            for frame, maps in frames.items()
+        }
 
     def gradient(self, z1, z2, a, b, pair_z2, pair_z1):
-        x1, x2 = _trig_powers(z1, self.harmonics), _trig_powers(z2, self.harmonics)
-        # Seven passes over the [R, 2H, B] power tables, ordered so that x1's two kernel
-        # evaluations share one pass: m -> c -> u -> (r, sums with m2 and u) -> v -> rest.
-        m1, m2 = x1 @ a.unsqueeze(-1), x2 @ b.unsqueeze(-1)
-        s2 = x2.transpose(1, 2) @ torch.cat([self._sum(m1), self._moment_sum(m1)], -1)
-        c = s2[..., :1]
-        u = x2 @ (b.unsqueeze(-1) / c)
-        s1 = x1.transpose(1, 2) @ torch.cat(
-            [self._sum(m2), self._moment_sum(m2), self._moment_sum(u)], -1
-        )
-        r, t1 = s1[..., :1], s1[..., 3:]
-        v = x1 @ (a.unsqueeze(-1) / r)
-        t2 = x2.transpose(1, 2) @ self._moment_sum(v)
+        (r1, t1), (r2, t2), log_value = self.log_terms(z1, z2, a, b, radial=True)
         k = self.kappa
-        g1 = -k * pair_z2 + 0.5 * k * a.unsqueeze(-1) * (s1[..., 1:3] / r + t1)
-        g2 = -k * pair_z1 + 0.5 * k * b.unsqueeze(-1) * (t2 + s2[..., 1:] / c)
-        value = (
-            -k * (z1 * pair_z2).sum((-1, -2))
-            + 0.5 * (a * torch.log(r[..., 0])).sum(-1)
-            + 0.5 * (b * torch.log(c[..., 0])).sum(-1)
-        )
-        return g1, g2, value
+        g1 = -k * pair_z2 + r1.unsqueeze(-1) * z1 + t1.unsqueeze(-1) * _turn(z1)
+        g2 = -k * pair_z1 + r2.unsqueeze(-1) * z2 + t2.unsqueeze(-1) * _turn(z2)
+        return g1, g2, -k * (z1 * pair_z2).sum((-1, -2)) + log_value
 
-    def _sum(self, mom):
-        """Coefficients on (cos, sin) rows giving ``sum_j k_ij w_j`` from moments of w."""
-        h, d = self.harmonics, self.degree
-        lam = self.coefficients.to(mom.device)
-        weight = torch.cat([lam[:1], 2 * lam[1:]])[:, None]
-        coef = torch.zeros_like(mom)
-        coef[:, :d] = weight * mom[:, :d]
-        coef[:, h : h + d] = weight * mom[:, h : h + d]
-        return coef
+    def log_terms(self, z1, z2, a, b, radial: bool = False):
+        """The gradient of ``(1/2) sum_i a_i log r_i + (1/2) sum_j b_j log c_j`` in each point's
+        frame, and that value: ``((radial1, tangent1), (radial2, tangent2), value)`` with
+        ``[R, B]`` components (the radial ones ``None`` unless ``radial``).
 
-    def _moment_sum(self, mom):
-        """Coefficients giving ``sum_j k_ij w_j z_j`` (as Re, Im columns) from moments M_n of w.
-
-        ``sum_j k_ij w_j e^{i psi_j} = lam_0 M_1 + sum_{n>=1} lam_n [e^{in phi} conj(M_{n-1})
-        + e^{-in phi} M_{n+1}]``, written out in cos/sin rows.
+        Work is O(R B harmonics); on the CPU the runs go in chunks whose power tables stay in
+        cache (:data:`_CACHE_BYTES`), elsewhere all at once.
         """
-        h, d = self.harmonics, self.degree
-        lam = self.coefficients.to(mom.device)[1:]
-        re, im = mom[:, :h, 0], mom[:, h:, 0]
-        x, y, x2, y2 = re[:, : d - 1], im[:, : d - 1], re[:, 2 : d + 1], im[:, 2 : d + 1]
-        coef = mom.new_zeros(mom.shape[0], 2 * h, 2)
-        coef[:, 1:d, 0] = lam * (x + x2)
-        coef[:, h + 1 : h + d, 0] = lam * (y + y2)
-        coef[:, 1:d, 1] = lam * (y2 - y)
-        coef[:, h + 1 : h + d, 1] = lam * (x - x2)
-        coef[:, 0, 0] = self.coefficients[0] * re[:, 1]
-        coef[:, 0, 1] = self.coefficients[0] * im[:, 1]
-        return coef
+        runs, h = z1.shape[0], self.harmonics
+        frame = 2 if radial else 1  # components per vector sum
+        at2 = z1.new_empty(runs, 1 + frame, z2.shape[1])  # at z2: c, the sum over z1 (weights a)
+        at1 = z1.new_empty(runs, 1 + 2 * frame, z1.shape[1])  # at z1: r, sums over z2 (b, b/c)
+        last = z1.new_empty(runs, frame, z2.shape[1])  # at z2: the sum over z1 (weights a/r)
+        step = runs
+        if z1.device.type == "cpu":
+            step = max(1, _CACHE_BYTES // (8 * 2 * h * (z1.shape[1] + z2.shape[1])))
+        for s in range(0, runs, step):
+            e = min(runs, s + step)
+            self._passes(z1[s:e], z2[s:e], a[s:e], b[s:e], at2[s:e], at1[s:e], last[s:e], frame)
+        r, c = at1[:, 0], at2[:, 0]
+        k = 0.5 * self.kappa
+        ka, kb = k * a, k * b
+        t1 = ka * (at1[:, 1] / r + at1[:, 1 + frame])
+        t2 = kb * (last[:, 0] + at2[:, 1] / c)
+        r1 = r2 = None
+        if radial:
+            r1 = ka * (at1[:, 2] / r + at1[:, 4])
+            r2 = kb * (last[:, 1] + at2[:, 2] / c)
+        value = 0.5 * ((a * torch.log(r)).sum(-1) + (b * torch.log(c)).sum(-1))
+        return (r1, t1), (r2, t2), value
+
+    def _passes(self, z1, z2, a, b, at2, at1, last, frame):
+        """One chunk of runs: power tables, then four passes over them, each a batch of small
+        matrix products: moments of z1 (weights a) -> at z2: c and the sum over z1 -> moments of
+        z2 (weights b/c) -> at z1: r and the sums over z2 -> moments of z1 (weights a/r) -> at z2."""
+        runs, h = z1.shape[0], self.harmonics
+        kernel, vector = self._maps(z1.device, frame)
+        if z1.shape == z2.shape:  # both tables (and their first moments) in one go
+            x = _power_table(torch.cat([z1, z2]), h)
+            m = torch.bmm(torch.cat([a, b]).unsqueeze(1), x.transpose(1, 2))
+            x1, x2, m1, m2 = x[:runs], x[runs:], m[:runs], m[runs:]
+        else:
+            x1, x2 = _power_table(z1, h), _power_table(z2, h)  # [R, 2h, B]: cos rows, sin rows
+            m1 = torch.bmm(a.unsqueeze(1), x1.transpose(1, 2))  # [R, 1, 2h]
+            m2 = torch.bmm(b.unsqueeze(1), x2.transpose(1, 2))
+        torch.bmm((m1 @ kernel).view(runs, -1, 2 * h), x2, out=at2)
+        u = torch.bmm((b / at2[:, 0]).unsqueeze(1), x2.transpose(1, 2))
+        coef = torch.cat([m2 @ kernel, u @ vector], -1).view(runs, -1, 2 * h)
+        torch.bmm(coef, x1, out=at1)
+        v = torch.bmm((a / at1[:, 0]).unsqueeze(1), x1.transpose(1, 2))
+        torch.bmm((v @ vector).view(runs, -1, 2 * h), x2, out=last)
+
+    def _maps(self, device, frame):
+        """Linear maps from moments ``sum_j w_j (cos n psi_j; sin n psi_j)`` to coefficients on
+        the (cos; sin) rows of a power table: the first gives the kernel sum and the vector
+        sum's components (tangential, then radial if ``frame`` is 2), the second only the latter."""
+        kernel, vector = self._moment_maps[frame]
+        return kernel.to(device), vector.to(device)
 
 
 def embed(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -446,37 +495,56 @@ def _randn(shape, generator: torch.Generator) -> torch.Tensor:
 
 
 def _encoder_gradient(expansion, w1, w2, x1, x2, a, b, pair):
-    """Chain rule through ``z = W x / |W x|``: ``dJ/dW = sum_i P_z(g_i) x_i^T / |W x_i|``."""
+    """Chain rule through ``z = W x / |W x|``: ``dJ/dW = sum_i P_z(g_i) x_i^T / |W x_i|``, where
+    ``P_z(g) = (g . t) t`` keeps only the tangential component (``t = (-z_y, z_x)``)."""
     y1, y2 = x1 @ w1.transpose(-1, -2), x2 @ w2.transpose(-1, -2)
     n1, n2 = y1.norm(dim=-1, keepdim=True), y2.norm(dim=-1, keepdim=True)
     z1, z2 = y1 / n1, y2 / n2
     pz2, pz1 = pair(z1, z2)
-    g1, g2, value = expansion.gradient(z1, z2, a, b, pz2, pz1)
-    gy1 = (g1 - (g1 * z1).sum(-1, keepdim=True) * z1) / n1
-    gy2 = (g2 - (g2 * z2).sum(-1, keepdim=True) * z2) / n2
-    return gy1.transpose(-1, -2) @ x1, gy2.transpose(-1, -2) @ x2, value
+    (_, h1), (_, h2), log_value = expansion.log_terms(z1, z2, a, b)
+    t1, t2 = _turn(z1), _turn(z2)
+    k = expansion.kappa
+    g1 = (h1 - k * _dot(pz2, t1)).unsqueeze(-1) / n1
+    g2 = (h2 - k * _dot(pz1, t2)).unsqueeze(-1) / n2
+    value = -k * _dot(z1, pz2).sum(-1) + log_value
+    return (g1 * t1).transpose(-1, -2) @ x1, (g2 * t2).transpose(-1, -2) @ x2, value
 
 
-def _trig_powers(z: torch.Tensor, harmonics: int, block: int = 8) -> torch.Tensor:
+#: bytes of power tables per chunk of runs on the CPU (two tables of a chunk stay in cache)
+_CACHE_BYTES = 5 << 20
+
+
+def _turn(z: torch.Tensor) -> torch.Tensor:
+    """The unit tangent ``(-z_y, z_x)`` at each point of ``z [..., 2]``."""
+    return torch.stack([-z[..., 1], z[..., 0]], -1)
+
+
+def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u[..., 0] * v[..., 0] + u[..., 1] * v[..., 1]
+
+
+def _power_table(z: torch.Tensor, harmonics: int) -> torch.Tensor:
     """``[cos(n phi); sin(n phi)]`` for n = 0..harmonics-1 as ``[R, 2 harmonics, B]``.
 
-    ``e^{i n phi}`` with ``n = block q + r`` is ``(e^{i block phi})^q e^{i r phi}``: two short
-    recurrences and one broadcast product instead of ``harmonics`` dependent steps.
+    Doubling: rows ``[k, 2k)`` are rows ``[0, k)`` turned by ``k phi`` (``e^{ik phi}`` the
+    square of row k/2), so log2(harmonics) broadcast products build the table.
     """
-    c, s = z[..., 0], z[..., 1]
-    blocks = harmonics // block
-    lc, ls = [torch.ones_like(c)], [torch.zeros_like(s)]
-    for _ in range(block):  # e^{i r phi}, r = 0..block (the last one is the block step)
-        lc, ls = lc + [lc[-1] * c - ls[-1] * s], ls + [ls[-1] * c + lc[-1] * s]
-    cb, sb = lc.pop(), ls.pop()
-    hc, hs = [torch.ones_like(c)], [torch.zeros_like(s)]
-    for _ in range(blocks - 1):
-        hc, hs = hc + [hc[-1] * cb - hs[-1] * sb], hs + [hs[-1] * cb + hc[-1] * sb]
-    low_c, low_s = torch.stack(lc, 1).unsqueeze(1), torch.stack(ls, 1).unsqueeze(1)
-    high_c, high_s = torch.stack(hc, 1).unsqueeze(2), torch.stack(hs, 1).unsqueeze(2)
-    out = torch.empty(c.shape[0], 2, blocks, block, c.shape[1], dtype=z.dtype, device=z.device)
-    torch.mul(high_c, low_c, out=out[:, 0])
-    out[:, 0].addcmul_(high_s, low_s, value=-1)
-    torch.mul(high_s, low_c, out=out[:, 1])
-    out[:, 1].addcmul_(high_c, low_s)
-    return out.reshape(c.shape[0], 2 * harmonics, c.shape[1])
+    runs, n, _ = z.shape
+    out = z.new_empty(runs, 2, harmonics, n)
+    cos, sin = out[:, 0], out[:, 1]
+    cos[:, 0] = 1
+    sin[:, 0] = 0
+    if harmonics > 1:
+        cos[:, 1] = z[..., 0]
+        sin[:, 1] = z[..., 1]
+    k = 2
+    while k < harmonics:
+        m = min(k, harmonics - k)
+        hc, hs = cos[:, k // 2], sin[:, k // 2]
+        ck = (hc * hc - hs * hs).unsqueeze(1)
+        sk = (2 * hc * hs).unsqueeze(1)
+        torch.mul(out[:, :, :m], ck.unsqueeze(1), out=out[:, :, k : k + m])
+        cos[:, k : k + m].addcmul_(sin[:, :m], sk, value=-1)
+        sin[:, k : k + m].addcmul_(cos[:, :m], sk)
+        k *= 2
+    return out.view(runs, 2 * harmonics, n)
