@@ -241,6 +241,24 @@ def test_sampler_matches_the_mixture_moments(gen):
         )
 
 
+@pytest.mark.parametrize("law", [{}, {"kappa": 0.0}, {"kappa": 2.0, "weight": 0.5}, {"weight": 1.0}])
+def test_guided_cell_search_is_searchsorted(gen, law):
+    """The sampler's guided search returns searchsorted's cell for every u, edges included
+    (each guide bin's left edge, every cdf value and its neighbours); peaked laws fall back."""
+    table = clip_toy.ToyData(**law)._table(torch.device("cpu"))
+    cdf, bins = table.cdf, 1 << clip_toy._InverseCdf.BITS
+    up, down = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    u = torch.cat([
+        torch.rand(100000, generator=gen, dtype=torch.float64),
+        torch.arange(bins, dtype=torch.float64) / bins,
+        cdf[:-1], torch.nextafter(cdf[:-1], up), torch.nextafter(cdf[1:], down),
+        torch.tensor([0.0, 1 - 2.0**-53], dtype=torch.float64),
+    ])
+    expected = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.numel() - 1)
+    assert torch.equal(table.locate(u), expected)
+    assert (table.guide is None) == (law == {"weight": 1.0})
+
+
 def test_identical_init_and_inputs_keep_encoders_identical(gen):
     sigma = torch.tensor([0.0, 0.5], dtype=torch.float64)
     w = clip_toy.initial_weights(2, gen, identical=True)
