@@ -90,6 +90,21 @@ def cap_quadrature_test(run, taus) -> list:
         note=f"tau in {list(map(float, comparison.taus))}; bound: Gauss-Legendre Taylor tail + rounding")]
 
 
+def kernel_precision_tests(run, num_particles: int) -> list:
+    """The training kernel (float32, fused) against the authors' dense formula in float64 on the
+    same inputs, within its stated precision (:func:`experiment.kernel_against_float64`)."""
+    comparison = experiment.kernel_against_float64(num_particles, run.generator())
+    run.record("training_kernel_vs_float64", comparison.row())
+    note = (f"M = {num_particles}, stated precision 2^-16 (256 float32 roundoffs); "
+            "oracle: dense float64 acos/exp/mean with autograd")
+    return [
+        stats.within_precision("training kernel log rho = float64 dense formula",
+                               comparison.value_error, 0.0, experiment.KERNEL_PRECISION, note=note),
+        stats.within_precision("training kernel gradient = float64 autograd (per |terms|)",
+                               comparison.gradient_error, 0.0, experiment.KERNEL_PRECISION, note=note),
+    ]
+
+
 @reproduction.check("reproduces the authors' cap masses", settings=st.just(Setting()),
                     examples=Profiled(quick=1, full=1))
 def reproduces_authors(run):
@@ -99,7 +114,7 @@ def reproduces_authors(run):
     run.record("design", {**asdict(design), "taus": list(taus), "bandwidth": AUTHORS_BANDWIDTH,
                           "false_fail_rate_per_decision": rate})
     measured = experiment.reproduce(run, design, taus)
-    tests = cap_quadrature_test(run, taus)
+    tests = cap_quadrature_test(run, taus) + kernel_precision_tests(run, design.particles)
     df = design.seeds - 1
     for k, tau in enumerate(taus):
         if tau not in AUTHORS_SEED0:

@@ -26,22 +26,29 @@ Public API:
 * :func:`sample_gibbs` — exact i.i.d. draws from the Gibbs density (rejection), the
   reference a perfect particle method would match.
 
-Cost: the pairwise kernel is evaluated only on the upper-triangular blocks of the
-``[M, M]`` matrix (it is symmetric: 36/64 of the pairs), in float32 like the authors'
-code, a cache-sized chunk of (block pair, run) tiles at a time. On the 2-core
-development CPU the step is bound by float32 acos/exp/rsqrt throughput (~6 ms per
-M = 768 system per step, one thread); see benchmarks/bench_particles.py.
+Cost: one step is ~41M pair interactions at the authors' full setting (140 runs x 768^2/2).
+The pairwise kernel is evaluated only on the upper-triangular blocks of the ``[M, M]`` matrix
+(it is symmetric: 36/64 of the pairs), in float32 like the authors' code, each (block pair,
+run) tile by a program fused under ``torch.compile`` (one vectorised loop nest per pass: no
+pairwise intermediate reaches memory; the backward recomputes the kernel), with ``acos`` by a
+polynomial (:func:`_angle`). The float32 kernel agrees with a dense float64 evaluation to
+within 2^-16 (tests/test_particles.py and the figs3-4-reproduction evidence). Measured on the
+2-core development CPU, one thread: ~0.06 s for the density and ~0.10 s for the gradient
+pass of all 140 runs, 0.18 s per step in all (6 ms per M = 768 system per step before: 4.6x);
+see benchmarks/bench_particles.py.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from . import gibbs, quadrature, vmf
+from .adam import BatchedAdam
 
 __all__ = [
     "Wells",
@@ -51,16 +58,20 @@ __all__ = [
     "cap_fraction",
     "gibbs_cap_mass",
     "sample_gibbs",
+    "ACOS_CLAMP",
 ]
 
 #: The authors clamp inner products to [-1 + 1e-6, 1 - 1e-6] before acos; so do we.
 #: (Their autograd then zeroes the gradient of clamped pairs, ours keeps K' at the clamp:
 #: for i = j that term is radial, invisible to z = v/|v|; distinct particles closer than
 #: 1.4e-3 rad are the only other difference.)
-_ACOS_CLAMP = 1e-6
-#: Pairwise elements evaluated per chunk of tiles: 1 MB per float32 buffer, so the few
-#: live buffers of a chunk stay in cache (the measured cost is flat from 2^16 to 2^21).
-_CHUNK_ELEMENTS = 1 << 18
+ACOS_CLAMP = 1e-6
+#: Abramowitz & Stegun 4.4.46: ``acos(t) ~ sqrt(1 - t) sum_k a_k t^k`` on [0, 1], |error| <= 2e-8.
+_ACOS_POLYNOMIAL = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046, 0.0308918810,
+                    -0.0170881256, 0.0066700901, -0.0012624911)
+#: Pairwise elements per chunk of tiles on the CPU: a chunk's inputs and outputs stay in cache
+#: (measured flat from 2^17 to 2^20 at M = 768); on CUDA every tile goes in one launch.
+_CHUNK_ELEMENTS = 1 << 19
 _MIN_BLOCK = 48
 
 
@@ -138,28 +149,20 @@ def train_particles(
     if num_particles < 2:
         raise ValueError("a KDE needs at least two particles")
     runs = tau.shape[0]
-    v = torch.randn(runs, num_particles, 3, generator=generator, dtype=dtype, device=device)
-    v.requires_grad_(True)
-    first, second = torch.zeros_like(v), torch.zeros_like(v)  # Adam's moment estimates
-    beta1, beta2 = schedule.betas
+    adam = BatchedAdam(torch.randn(runs, num_particles, 3, generator=generator, dtype=dtype,
+                                   device=device), schedule.lr, schedule.betas, schedule.eps)
     inv_tau = (1.0 / tau)[:, None]
-    for step in range(1, schedule.steps + 1):
+    for _ in range(schedule.steps):
+        v = adam.param.detach().requires_grad_(True)
         z = v / v.norm(dim=-1, keepdim=True)
         per_particle = wells.potential(z) * inv_tau + entropy_weight * log_kde(z, bandwidth)
         # Runs share no parameter, so the sum over runs gives each run its own gradient.
         (grad,) = torch.autograd.grad(per_particle.mean(dim=-1).sum(), v)
-        with torch.no_grad():
-            # torch.optim.Adam's update, elementwise and hence batched over runs (it is
-            # written out: the first torch.optim step imports torch._dynamo, seconds).
-            first.lerp_(grad, 1 - beta1)
-            second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (second.sqrt() / math.sqrt(1 - beta2**step)).add_(schedule.eps)
-            v.addcdiv_(first, denom, value=-schedule.lr / (1 - beta1**step))
-            if schedule.noise_std > 0:
-                noise = torch.randn(v.shape, generator=generator, dtype=dtype, device=device)
-                v.add_(noise, alpha=schedule.noise_std)
-    with torch.no_grad():
-        return v / v.norm(dim=-1, keepdim=True)
+        adam.step(grad)
+        if schedule.noise_std > 0:
+            noise = torch.randn(adam.param.shape, generator=generator, dtype=dtype, device=device)
+            adam.param.add_(noise, alpha=schedule.noise_std)
+    return adam.param / adam.param.norm(dim=-1, keepdim=True)
 
 
 def log_kde(z: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
@@ -170,9 +173,10 @@ def log_kde(z: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
     """
     if z.dim() != 3 or z.shape[-1] != 3:
         raise ValueError(f"z must be [runs, M, 3], got {tuple(z.shape)}")
-    size = _blocking(z.shape[1], z.device)[0]
-    tile_chunk = _CHUNK_ELEMENTS // (size * size)
-    return _LogKDE.apply(z, bandwidth.to(z.dtype).reshape(-1), max(tile_chunk, 1))
+    size, rows, _ = _blocking(z.shape[1], z.device)
+    tiles = len(rows) * z.shape[0]
+    tile_chunk = tiles if z.device.type == "cuda" else max(_CHUNK_ELEMENTS // (size * size), 1)
+    return _LogKDE.apply(z, bandwidth.to(z.dtype).reshape(-1), tile_chunk)
 
 
 def cap_fraction(z: torch.Tensor, centres: torch.Tensor, radius: float) -> torch.Tensor:
@@ -264,7 +268,7 @@ def _blocking(m: int, device: torch.device) -> tuple[int, torch.Tensor, torch.Te
     (on ``device``: one cached copy per device, so no step copies indices to the device).
 
     At most 8 blocks (then the upper triangle is 36/64 of the matrix) and blocks of at
-    least ``_MIN_BLOCK`` particles, below which batched matmuls are overhead-bound.
+    least ``_MIN_BLOCK`` particles, below which a tile's loops are overhead-bound.
     """
     count = next(b for b in range(8, 0, -1) if m % b == 0 and (m // b >= _MIN_BLOCK or b == 1))
     rows, cols = torch.triu_indices(count, count, device=device)
@@ -272,18 +276,90 @@ def _blocking(m: int, device: torch.device) -> tuple[int, torch.Tensor, torch.Te
     return m // count, rows[order], cols[order]
 
 
+def _angle(x: torch.Tensor) -> torch.Tensor:
+    """``acos(x)``. In float32 by Abramowitz & Stegun 4.4.46, ``acos(t) = sqrt(1 - t) P_7(t)``
+    for ``t = |x|`` (absolute error <= 2e-8, below float32's resolution of an angle near pi,
+    2.4e-7; the reflection ``pi - acos(-x)`` for x < 0): a square root and seven multiply-adds
+    that vectorise, where the library acos costs ~1.6x more in the fused step. In float64,
+    ``torch.acos`` itself (the polynomial would be the precision floor there)."""
+    if x.dtype != torch.float32:
+        return torch.acos(x)
+    t = x.abs()
+    poly = torch.full_like(t, _ACOS_POLYNOMIAL[-1])
+    for coefficient in _ACOS_POLYNOMIAL[-2::-1]:
+        poly = poly * t + coefficient
+    near = torch.sqrt(1 - t) * poly
+    return torch.where(x >= 0, near, math.pi - near)
+
+
+def _tile_cosines(blocks, rows, cols) -> torch.Tensor:
+    """``<z_i, z_j>`` of every (row, column) particle pair of the tiles ``(rows[t], cols[t])``,
+    clamped as the authors do: ``[tiles, s, s]``. ``blocks[runs * B, 3, s]`` is coordinate-major
+    (contiguous vector loads); the gathers happen inside the fused loop."""
+    a, b = blocks[rows], blocks[cols]
+    x = (a[:, 0, :, None] * b[:, 0, None, :] + a[:, 1, :, None] * b[:, 1, None, :]
+         + a[:, 2, :, None] * b[:, 2, None, :])
+    return x.clamp(-1 + ACOS_CLAMP, 1 - ACOS_CLAMP)
+
+
+def _tile_density(blocks, rows, cols, inv_two_h2):
+    """Row and column sums of ``K(x_ij) = exp(-acos(x_ij)^2 / (2 h^2))`` per tile ``[tiles, s]``."""
+    theta = _angle(_tile_cosines(blocks, rows, cols))
+    kernel = torch.exp(theta * theta * -inv_two_h2)
+    return kernel.sum(-1), kernel.sum(-2)
+
+
+def _tile_gradient(blocks, c, rows, cols, inv_two_h2):
+    """Per tile ``sum_j W_ij z_j`` (rows) and ``sum_i W_ij z_i`` (columns), ``[tiles, 3, s]``,
+    with ``W_ij = h^2 K'(x_ij) (c_i + c_j)``; ``h^2 K'(x) = K(x) acos(x) / sqrt(1 - x^2)``,
+    the sine as ``sqrt((1 - |x|)(1 + |x|))``: the same rounded ``1 - |x|`` as in the angle,
+    so their ratio stays accurate for nearly coincident particles."""
+    x = _tile_cosines(blocks, rows, cols)
+    theta = _angle(x)
+    t = x.abs()
+    slope = torch.exp(theta * theta * -inv_two_h2) * theta * torch.rsqrt((1 - t) * (1 + t))
+    weight = slope * (c[rows][:, :, None] + c[cols][:, None, :])
+    a, b = blocks[rows], blocks[cols]
+    by_rows = torch.stack([(weight * b[:, d, None, :]).sum(-1) for d in range(3)], dim=1)
+    by_cols = torch.stack([(weight * a[:, d, :, None]).sum(-2) for d in range(3)], dim=1)
+    return by_rows, by_cols
+
+
+class _Fused:
+    """``fn`` under torch.compile: inductor fuses a tile program into one loop nest (vectorised
+    C++ with OpenMP on the CPU, Triton on CUDA) that never writes a pairwise intermediate to
+    memory. Where compilation fails (no C++ compiler, no Triton) the same function runs
+    eagerly, with a warning: slower, same arithmetic. TORCH_COMPILE_DISABLE=1 forces eager."""
+
+    def __init__(self, fn):
+        self.eager, self.compiled = fn, torch.compile(fn)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # any backend failure: the eager code is the fallback
+                warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); "
+                              f"{self.eager.__name__} runs eagerly", RuntimeWarning, stacklevel=2)
+                self.compiled = None
+        return self.eager(*args)
+
+
+_DENSITY, _GRADIENT = _Fused(_tile_density), _Fused(_tile_gradient)
+
+
 class _LogKDE(torch.autograd.Function):
     """Forward: ``log rho_h``. Backward: ``dL/dz_i = sum_j K'(x_ij) (c_i + c_j) z_j``.
 
     With ``x_ij = <z_i, z_j>``, ``rho_i = (1/M) sum_j K(x_ij)`` and upstream gradient
-    ``g_i`` on ``log rho_i``, write ``c_i = g_i / (M rho_i)``; because ``K'(x_ij)`` is
-    symmetric in (i, j), each off-diagonal block pair is computed once and used for
-    both its rows and its columns. ``K(x) = exp(-acos(x)^2 / (2h^2))``,
-    ``K'(x) = K(x) acos(x) / (h^2 sqrt(1 - x^2))``. Only ``K'`` blocks are saved.
-
-    The work is a list of tiles, one per (block pair, run), block-pair-major so that
-    the off-diagonal tiles are one contiguous range; the forward evaluates them
-    ``tile_chunk`` at a time (cache-sized), the backward in two batched products.
+    ``g_i`` on ``log rho_i``, write ``c_i = g_i / (M rho_i)``. Both passes walk the
+    upper-triangular block pairs only (K is symmetric), one tile per (block pair, run); each
+    tile's row and column reductions come out of one fused loop over its pairs. A block's
+    total is then its rows over the pairs where it is the row block plus its columns over the
+    off-diagonal pairs where it is the column block: one small 0/1 matrix product
+    (:func:`_incidence`). The backward recomputes the kernel instead of saving M^2 slopes
+    (memory traffic costs more than the arithmetic). Tiles go ``tile_chunk`` at a time:
+    cache-sized on the CPU, all at once on CUDA.
     """
 
     @staticmethod
@@ -292,49 +368,64 @@ class _LogKDE(torch.autograd.Function):
         size, rows, cols = _blocking(m, z.device)
         count = m // size
         run = torch.arange(runs, device=z.device).repeat(len(rows))
-        row_block = run * count + rows.repeat_interleave(runs)  # index into [runs * B]
+        row_block = run * count + rows.repeat_interleave(runs)  # tile -> index into [runs * B]
         col_block = run * count + cols.repeat_interleave(runs)
-        off = slice(count * runs, len(run))  # tiles of off-diagonal block pairs
-        zf = z.detach().reshape(runs * count, size, 3)
+        blocks = z.detach().reshape(runs * count, size, 3).transpose(1, 2).contiguous()
         inv_two_h2 = (0.5 / bandwidth**2)[run].reshape(-1, 1, 1)
-        row_sums = torch.zeros(runs * count, size, dtype=z.dtype, device=z.device)
-        slopes = torch.empty(len(run), size, size, dtype=z.dtype, device=z.device)
-        one = torch.ones((), dtype=z.dtype, device=z.device)
-        for lo in range(0, len(run), tile_chunk):
-            hi = min(lo + tile_chunk, len(run))
-            x = zf[row_block[lo:hi]] @ zf[col_block[lo:hi]].transpose(-1, -2)  # [t, s, s]
-            x.clamp_(-1 + _ACOS_CLAMP, 1 - _ACOS_CLAMP)
-            theta = torch.acos(x)
-            kernel = torch.mul(theta, theta).mul_(-inv_two_h2[lo:hi]).exp_()
-            row_sums.index_add_(0, row_block[lo:hi], kernel.sum(dim=-1))
-            first_off = max(lo, off.start)
-            if first_off < hi:
-                row_sums.index_add_(0, col_block[first_off:hi],
-                                    kernel[first_off - lo:].sum(dim=-2))
-            # h^2 K'(x) = K theta / sqrt(1 - x^2); the 1/h^2 is applied in backward.
-            inv_sine = torch.addcmul(one, x, x, value=-1).rsqrt_()
-            torch.mul(theta, kernel, out=slopes[lo:hi]).mul_(inv_sine)
-        rho = row_sums.reshape(runs, m) / m
-        ctx.save_for_backward(z.detach(), rho, bandwidth, slopes, row_block, col_block)
-        ctx.block = (size, off)
+        parts = _tiled(_DENSITY, (blocks,), row_block, col_block, inv_two_h2, tile_chunk)
+        rho = _per_block(parts, m, runs).reshape(runs, m) / m
+        ctx.save_for_backward(blocks, rho, bandwidth, row_block, col_block, inv_two_h2)
+        ctx.tile_chunk = tile_chunk
         return rho.log()
 
     @staticmethod
     def backward(ctx, grad_log_rho):
-        z, rho, bandwidth, slopes, row_block, col_block = ctx.saved_tensors
-        size, off = ctx.block
-        runs, m, _ = z.shape
-        c = (grad_log_rho / (m * rho) / bandwidth[:, None] ** 2).reshape(-1, size, 1)
-        zf = z.reshape(-1, size, 3)
-        # [runs * B, 6, s]: z_j and c_j z_j, transposed: BLAS is much faster with the
-        # thin [6, s] operand on the left.
-        paired_t = torch.cat([zf, c * zf], dim=-1).transpose(-1, -2)
-        grad = torch.zeros_like(zf)
-        # Rows of each tile (I, J): sum_j K'_ij (c_i z_j + c_j z_j).
-        by_rows = (paired_t[col_block] @ slopes.transpose(-1, -2)).transpose(-1, -2)
-        grad.index_add_(0, row_block, c[row_block] * by_rows[..., :3] + by_rows[..., 3:])
-        # Columns of the off-diagonal tiles: the transposed block.
-        rows_off, cols_off = row_block[off], col_block[off]
-        by_cols = (paired_t[rows_off] @ slopes[off]).transpose(-1, -2)
-        grad.index_add_(0, cols_off, c[cols_off] * by_cols[..., :3] + by_cols[..., 3:])
-        return grad.reshape(runs, m, 3), None, None
+        blocks, rho, bandwidth, row_block, col_block, inv_two_h2 = ctx.saved_tensors
+        runs, m = rho.shape
+        c = (grad_log_rho / (m * rho) / bandwidth[:, None] ** 2).reshape(-1, blocks.shape[-1])
+        parts = _tiled(_GRADIENT, (blocks, c), row_block, col_block, inv_two_h2, ctx.tile_chunk)
+        grad = _per_block(parts, m, runs)  # [runs * B, 3, s]
+        return grad.transpose(1, 2).reshape(runs, m, 3), None, None
+
+
+def _tiled(program, inputs, row_block, col_block, inv_two_h2, tile_chunk):
+    """``program`` over all tiles, ``tile_chunk`` at a time: its (rows, columns) outputs, each
+    ``[tiles, ...]``."""
+    outputs = None
+    for lo in range(0, len(row_block), tile_chunk):
+        hi = min(lo + tile_chunk, len(row_block))
+        tiles = (row_block[lo:hi], col_block[lo:hi], inv_two_h2[lo:hi])
+        # One compiled program per block size and dtype, whatever the number of runs, blocks
+        # and tiles (only the block size, the vectorised loop, stays static).
+        for t in (*inputs, *tiles):
+            if t.shape[0] > 1:
+                torch._dynamo.mark_dynamic(t, 0)
+        chunk = program(*inputs, *tiles)
+        if outputs is None:
+            outputs = [torch.empty((len(row_block), *o.shape[1:]), dtype=o.dtype, device=o.device)
+                       for o in chunk]
+        for whole, part in zip(outputs, chunk, strict=True):
+            whole[lo:hi] = part
+    return outputs
+
+
+def _per_block(parts, m: int, runs: int) -> torch.Tensor:
+    """Sum tile outputs ``(by_rows, by_cols)``, each ``[pairs * runs, ...]`` (block-pair-major),
+    into per-block totals ``[runs * B, ...]``."""
+    by_rows, by_cols = parts
+    as_row, as_col = _incidence(m, by_rows.device, by_rows.dtype)
+    trailing = by_rows.shape[1:]
+    total = (as_row @ by_rows.reshape(as_row.shape[1], -1)
+             + as_col @ by_cols.reshape(as_col.shape[1], -1))  # [B, runs * prod(trailing)]
+    return total.reshape(len(as_row), runs, *trailing).transpose(0, 1).reshape(-1, *trailing)
+
+
+@functools.cache
+def _incidence(m: int, device: torch.device, dtype: torch.dtype):
+    """0/1 matrices ``[B, pairs]``: block I is the row block of pair p; block I is the column
+    block of an off-diagonal pair p (a diagonal pair's columns are its rows)."""
+    _, rows, cols = _blocking(m, device)
+    blocks = torch.arange(int(rows.max()) + 1, device=device)[:, None]
+    as_row = (rows[None, :] == blocks).to(dtype)
+    as_col = ((cols[None, :] == blocks) & (rows != cols)[None, :]).to(dtype)
+    return as_row, as_col
