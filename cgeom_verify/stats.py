@@ -362,6 +362,13 @@ def demonstrate(name, statistic, p_value, *, power, example=None, note="") -> Te
                 p_value=float(p_value))
 
 
+def rejects(tests, false_fail_rate: float, false_pass_rate: float) -> bool:
+    """Whether any of ``tests`` already FAILs at these rates. A rejection is valid at any
+    power, so a check may stop drawing once this holds: more data cannot turn it into a PASS
+    beyond the false-fail rate (a sequential check's early exit)."""
+    return any(t.decide(false_fail_rate, false_pass_rate).outcome == "FAIL" for t in tests)
+
+
 # -- Monte Carlo summaries ----------------------------------------------------------------
 
 

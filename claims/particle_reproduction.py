@@ -113,33 +113,44 @@ def reproduces_authors(run):
     rate = run.decision_false_fail_rate(1 + 2 * len(compared))  # fixed before sampling
     run.record("design", {**asdict(design), "taus": list(taus), "bandwidth": AUTHORS_BANDWIDTH,
                           "false_fail_rate_per_decision": rate})
-    measured = experiment.reproduce(run, design, taus)
-    tests = cap_quadrature_test(run, taus) + kernel_precision_tests(run, design.particles)
     df = design.seeds - 1
-    for k, tau in enumerate(taus):
-        if tau not in AUTHORS_SEED0:
-            continue
-        their_trained, their_gibbs = AUTHORS_SEED0[tau]
-        # Their Gibbs value is a 120k-point Monte Carlo rounded to 3 decimals: its s.e. is known
-        # in advance (theory, authors_mc_standard_error), and no margin below what that s.e.
-        # resolves can be meaningful, so the margin is the larger of the relative one and it.
-        mc_se = math.sqrt(experiment.authors_mc_standard_error(tau, run.device) ** 2
-                          + ROUNDING_VARIANCE + float(measured.gibbs[k] - measured.finer[k]) ** 2)
-        margin = max(run.relative_discrepancy * their_gibbs,
-                     stats.min_discrepancy(mc_se, rate, run.false_pass_rate, kind="equivalent"))
-        tests.append(stats.equivalent(
-            f"Gibbs = authors' Monte Carlo tau={tau:g}", measured.gibbs[k], mc_se, their_gibbs,
-            margin=margin, note=f"s.e.: their MC and 3-decimal rounding; margin {margin:.4f}"))
-        # Their trained value is ONE run: it differs from our mean by sd^2 (1 + 1/S) in
-        # variance, so agreement cannot be resolved below (t + t) times that s.d.; the margin is
-        # the larger of the relative one and that resolution at the planning s.d. (fixed before
-        # training), and the decision is UNDERPOWERED if the measured s.d. exceeds the plan.
-        margin = max(run.relative_discrepancy * their_trained,
-                     experiment.one_run_resolution(design, tau, rate, run.false_pass_rate))
-        tests.append(stats.equivalent(
-            f"trained = authors' seed-0 run tau={tau:g}", measured.mean[k], measured.predictive_sd(k),
-            their_trained, margin=margin, df=df,
-            note=f"predictive interval of one run; margin {margin:.4f} = resolution of one run"))
+
+    def compared_with_authors(measured) -> list:
+        tests = []
+        for k, tau in enumerate(measured.taus):
+            if tau not in AUTHORS_SEED0:
+                continue
+            their_trained, their_gibbs = AUTHORS_SEED0[tau]
+            # Their Gibbs value is a 120k-point Monte Carlo rounded to 3 decimals: its s.e. is
+            # known in advance (theory, authors_mc_standard_error), and no margin below what that
+            # s.e. resolves can be meaningful, so the margin is the larger of the relative one and it.
+            mc_se = math.sqrt(experiment.authors_mc_standard_error(tau, run.device) ** 2
+                              + ROUNDING_VARIANCE + float(measured.gibbs[k] - measured.finer[k]) ** 2)
+            margin = max(run.relative_discrepancy * their_gibbs,
+                         stats.min_discrepancy(mc_se, rate, run.false_pass_rate, kind="equivalent"))
+            tests.append(stats.equivalent(
+                f"Gibbs = authors' Monte Carlo tau={tau:g}", measured.gibbs[k], mc_se, their_gibbs,
+                margin=margin, note=f"s.e.: their MC and 3-decimal rounding; margin {margin:.4f}"))
+            # Their trained value is ONE run: it differs from our mean by sd^2 (1 + 1/S) in
+            # variance, so agreement cannot be resolved below (t + t) times that s.d.; the margin
+            # is the larger of the relative one and that resolution at the planning s.d. (fixed
+            # before training); UNDERPOWERED if the measured s.d. exceeds the plan.
+            margin = max(run.relative_discrepancy * their_trained,
+                         experiment.one_run_resolution(design, tau, rate, run.false_pass_rate))
+            tests.append(stats.equivalent(
+                f"trained = authors' seed-0 run tau={tau:g}", measured.mean[k],
+                measured.predictive_sd(k), their_trained, margin=margin, df=df,
+                note=f"predictive interval of one run; margin {margin:.4f} = resolution of one run"))
+        return tests
+
+    measured = experiment.reproduce(
+        run, design, taus, stop=lambda so_far: stats.rejects(
+            compared_with_authors(so_far), rate, run.false_pass_rate))
+    tests = (cap_quadrature_test(run, taus) + kernel_precision_tests(run, design.particles)
+             + compared_with_authors(measured))
+    if measured.taus != tuple(taus):
+        run.record("stopped_early", {"trained_taus": list(measured.taus), "reason": (
+            "a decision on the taus trained so far already FAILs at its false-fail rate")})
     run.record("gibbs_quadrature_refinement", {
         "taus": list(taus), "|96 - 192 nodes|": np.abs(measured.gibbs - measured.finer).tolist()})
     run.record("trained_vs_gibbs", measured.rows())

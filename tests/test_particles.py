@@ -71,6 +71,12 @@ def test_eager_fallback_computes_the_same_kernel(monkeypatch):
     assert torch.allclose(grad_eager, grad_compiled, rtol=0, atol=1e-12)
 
 
+def test_reproduction_trains_the_reported_taus_first_coldest_first():
+    # The coldest reported tau is where a wrong subject shows first; the rest come last.
+    assert experiment.reproduction_stages((10.0, 5.0, 1.0, 0.5, 0.1)) == [
+        (0.1,), (1.0,), (10.0,), (5.0, 0.5)]
+
+
 def test_training_replays_the_authors_loop():
     """Same initial v and noise: our batched step == their per-run Adam step on their loss."""
     runs, m, steps = 2, 16, 6

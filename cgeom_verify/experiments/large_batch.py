@@ -438,7 +438,7 @@ def rejected(run, premise: list, decision_rate: float) -> bool:
     """Whether the pilot's draws already reject a premise at the decision's false-fail rate (a
     rejection is valid at any power): the check FAILs whatever a main run would show, so none
     is drawn (a wrong law then costs a pilot, not a climb through the regime octaves)."""
-    return any(t.decide(decision_rate, run.false_pass_rate).outcome == "FAIL" for t in premise)
+    return stats.rejects(premise, decision_rate, run.false_pass_rate)
 
 
 def pilot_run(run, setting: BatchSetting, prediction: Prediction, generator, *,
