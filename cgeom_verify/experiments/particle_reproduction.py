@@ -466,8 +466,7 @@ def slope_weights(x) -> np.ndarray:
 
 def limit_weights(ms) -> np.ndarray:
     """Weights ``w`` of the intercept a = sum w_k y_k of the OLS fit ``y = a + b/M``."""
-    design = np.column_stack([np.ones(len(ms)), 1.0 / np.asarray(ms, dtype=np.float64)])
-    return np.linalg.pinv(design)[0]
+    return np.linalg.pinv(stats.inverse_size_design(ms))[0]
 
 
 def bandwidth_table(run, design: Design) -> dict[int, tuple[float, ...]]:
@@ -582,8 +581,7 @@ def fit_in_inverse_m(table: dict[int, dict[float, Cell]], bandwidth: float) -> L
     the cells' s.e. (not from a model's residual)."""
     ms = sorted(m for m in table if bandwidth in table[m])
     cells = [table[m][bandwidth] for m in ms]
-    design = np.column_stack([np.ones(len(ms)), 1.0 / np.array(ms, dtype=np.float64)])
-    weights = np.linalg.pinv(design)
+    weights = np.linalg.pinv(stats.inverse_size_design(ms))
     y = np.array([c.bias for c in cells])
     se = np.array([c.trained_sem for c in cells])
     coef = weights @ y
