@@ -285,6 +285,24 @@ def test_sweep_runs_are_independent(gen):
     assert torch.equal(full[:, :2], other[:, :2])
 
 
+def test_prefetched_minibatches_are_the_same_draws(monkeypatch):
+    """Drawing the next minibatch on a worker thread changes nothing: same weights, and the
+    generator ends in the same state (exactly `steps` draws)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # as in the certificate's workers
+    monkeypatch.setattr(clip_toy.os, "cpu_count", lambda: 2)
+    out = {}
+    for prefetch in (False, True):
+        monkeypatch.setattr(clip_toy, "PREFETCH", prefetch)
+        gen = torch.Generator(device="cpu").manual_seed(5)
+        sigma = torch.tensor([0.1, 0.5], dtype=torch.float64)
+        w = clip_toy.initial_weights(2, gen)
+        hist = clip_toy.train_sweep(clip_toy.ToyData(), sigma, w, steps=6, generator=gen, batch=32,
+                                    checkpoints=(2,))
+        out[prefetch] = (hist[2], hist[6], torch.rand(4, generator=gen, dtype=torch.float64))
+    for x, y in zip(out[False], out[True], strict=True):
+        assert torch.equal(x, y)
+
+
 def test_pushforward_density_integrates_to_one(gen):
     w = clip_toy.initial_weights(3, gen)[0]
     phi = torch.arange(8192, dtype=torch.float64) * (2 * math.pi / 8192)

@@ -34,6 +34,8 @@ Public API: :class:`ToyData`, :class:`KernelExpansion`, :func:`sample_pairs`,
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,54 +277,60 @@ class KernelExpansion:
     def log_terms(self, z1, z2, a, b, radial: bool = False):
         """The gradient of ``(1/2) sum_i a_i log r_i + (1/2) sum_j b_j log c_j`` in each point's
         frame, and that value: ``((radial1, tangent1), (radial2, tangent2), value)`` with
-        ``[R, B]`` components (the radial ones ``None`` unless ``radial``).
+        ``[R, B]`` components (the radial ones ``None`` unless ``radial``)."""
+        n1, n2 = z1.shape[1], z2.shape[1]
+        if n1 != n2:  # pad the shorter side with weightless points
+            n = max(n1, n2)
+            z1, z2, a, b = (_pad(t, n) for t in (z1, z2, a, b))
+        radial_part, tangent, value = self._frame_terms(
+            torch.stack([z1, z2], 1), torch.stack([a, b], 1), radial
+        )
+        r1, r2 = (None, None) if radial_part is None else (radial_part[:, 0, :n1], radial_part[:, 1, :n2])
+        return (r1, tangent[:, 0, :n1]), (r2, tangent[:, 1, :n2]), value
+
+    def _frame_terms(self, z, w, radial: bool):
+        """:meth:`log_terms` for the two sides stacked: points ``z [R, 2, B, 2]``, weights
+        ``w [R, 2, B]``; returns radial (or None) and tangential parts ``[R, 2, B]`` and the value.
 
         Work is O(R B harmonics); on the CPU the runs go in chunks whose power tables stay in
         cache (:data:`_CACHE_BYTES`), elsewhere all at once.
         """
-        runs, h = z1.shape[0], self.harmonics
-        frame = 2 if radial else 1  # components per vector sum
-        at2 = z1.new_empty(runs, 1 + frame, z2.shape[1])  # at z2: c, the sum over z1 (weights a)
-        at1 = z1.new_empty(runs, 1 + 2 * frame, z1.shape[1])  # at z1: r, sums over z2 (b, b/c)
-        last = z1.new_empty(runs, frame, z2.shape[1])  # at z2: the sum over z1 (weights a/r)
+        runs, _, n, _ = z.shape
+        frame = 1 + radial  # components per vector sum
+        maps = self._maps(z.device, frame)
+        # per side: its kernel sum (r or c) and the vector sum over the other side (weights w) ...
+        first = z.new_empty(runs, 2, 1 + frame, n)
+        # ... and the vector sum over the other side weighted by w / (the other's kernel sum)
+        second = z.new_empty(runs, 2, frame, n)
         step = runs
-        if z1.device.type == "cpu":
-            step = max(1, _CACHE_BYTES // (8 * 2 * h * (z1.shape[1] + z2.shape[1])))
+        if z.device.type == "cpu":
+            step = max(1, _CACHE_BYTES // (8 * 2 * self.harmonics * 2 * n))
         for s in range(0, runs, step):
-            e = min(runs, s + step)
-            self._passes(z1[s:e], z2[s:e], a[s:e], b[s:e], at2[s:e], at1[s:e], last[s:e], frame)
-        r, c = at1[:, 0], at2[:, 0]
+            self._passes(z[s : s + step], w[s : s + step], first[s : s + step], second[s : s + step], *maps)
+        kernel_sum = first[:, :, 0]
         k = 0.5 * self.kappa
-        ka, kb = k * a, k * b
-        t1 = ka * (at1[:, 1] / r + at1[:, 1 + frame])
-        t2 = kb * (last[:, 0] + at2[:, 1] / c)
-        r1 = r2 = None
-        if radial:
-            r1 = ka * (at1[:, 2] / r + at1[:, 4])
-            r2 = kb * (last[:, 1] + at2[:, 2] / c)
-        value = 0.5 * ((a * torch.log(r)).sum(-1) + (b * torch.log(c)).sum(-1))
-        return (r1, t1), (r2, t2), value
+        kw = k * w
+        tangent = kw * (first[:, :, 1] / kernel_sum + second[:, :, 0])
+        radial_part = kw * (first[:, :, 2] / kernel_sum + second[:, :, 1]) if radial else None
+        value = 0.5 * (w * torch.log(kernel_sum)).sum(-1).sum(-1)
+        return radial_part, tangent, value
 
-    def _passes(self, z1, z2, a, b, at2, at1, last, frame):
-        """One chunk of runs: power tables, then four passes over them, each a batch of small
-        matrix products: moments of z1 (weights a) -> at z2: c and the sum over z1 -> moments of
-        z2 (weights b/c) -> at z1: r and the sums over z2 -> moments of z1 (weights a/r) -> at z2."""
-        runs, h = z1.shape[0], self.harmonics
-        kernel, vector = self._maps(z1.device, frame)
-        if z1.shape == z2.shape:  # both tables (and their first moments) in one go
-            x = _power_table(torch.cat([z1, z2]), h)
-            m = torch.bmm(torch.cat([a, b]).unsqueeze(1), x.transpose(1, 2))
-            x1, x2, m1, m2 = x[:runs], x[runs:], m[:runs], m[runs:]
-        else:
-            x1, x2 = _power_table(z1, h), _power_table(z2, h)  # [R, 2h, B]: cos rows, sin rows
-            m1 = torch.bmm(a.unsqueeze(1), x1.transpose(1, 2))  # [R, 1, 2h]
-            m2 = torch.bmm(b.unsqueeze(1), x2.transpose(1, 2))
-        torch.bmm((m1 @ kernel).view(runs, -1, 2 * h), x2, out=at2)
-        u = torch.bmm((b / at2[:, 0]).unsqueeze(1), x2.transpose(1, 2))
-        coef = torch.cat([m2 @ kernel, u @ vector], -1).view(runs, -1, 2 * h)
-        torch.bmm(coef, x1, out=at1)
-        v = torch.bmm((a / at1[:, 0]).unsqueeze(1), x1.transpose(1, 2))
-        torch.bmm((v @ vector).view(runs, -1, 2 * h), x2, out=last)
+    def _passes(self, z, w, first, second, kernel_map, vector_map):
+        """One chunk of runs, both sides as one batch ``(run, side)``: power tables, then four
+        passes over them, each a batch of small matrix products: moments (weights w) -> at each
+        point, the kernel sum and the vector sum over the other side -> moments with weights
+        w / kernel sum -> at each point, the vector sum over the other side with those."""
+        runs, _, n, _ = z.shape
+        batch, h2 = 2 * runs, 2 * self.harmonics
+        x = _power_table(z.reshape(batch, n, 2), self.harmonics)  # [2C, 2h, B]: cos, sin rows
+        xt = x.transpose(1, 2)
+        moments = torch.bmm(w.reshape(batch, 1, n), xt).view(runs, 2, h2)
+        coef = moments.flip(1) @ kernel_map  # the other side's moments
+        torch.bmm(coef.view(batch, -1, h2), x, out=first.view(batch, -1, n))
+        scaled = (w / first[:, :, 0]).view(batch, 1, n)
+        moments = torch.bmm(scaled, xt).view(runs, 2, h2)
+        coef = moments.flip(1) @ vector_map
+        torch.bmm(coef.view(batch, -1, h2), x, out=second.view(batch, -1, n))
 
     def _maps(self, device, frame):
         """Linear maps from moments ``sum_j w_j (cos n psi_j; sin n psi_j)`` to coefficients on
@@ -368,8 +376,12 @@ def train_sweep(
     runs = sigma.shape[0]
     uniform = torch.full((runs, batch), 1.0 / batch, dtype=weights.dtype, device=weights.device)
     history = {0: weights.clone()}
-    for step in range(1, steps + 1):
-        x1, x2 = sample_pairs(data, sigma, batch, generator, identical_inputs)
+    draws = _minibatches(
+        lambda: sample_pairs(data, sigma, batch, generator, identical_inputs),
+        steps,
+        prefetch=PREFETCH and generator.device.type == "cpu",
+    )
+    for step, (x1, x2) in enumerate(draws, start=1):
         w = adam.param
         g1, g2, _ = _encoder_gradient(
             expansion, w[0], w[1], x1, x2, uniform, uniform, lambda z1, z2: (z2 / batch, z1 / batch)
@@ -540,21 +552,67 @@ def _randn(shape, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64, device=generator.device)
 
 
+def _minibatches(draw, count: int, prefetch: bool):
+    """``count`` results of ``draw()``, in order. With ``prefetch``, one intra-op thread and a
+    spare core, a worker thread makes the next draw while the caller computes on this one: the
+    same calls on the same generator in the same order, so the same numbers (torch ops release
+    the GIL, so the two run side by side). Only the worker touches the generator meanwhile."""
+    if not prefetch or count < 2 or torch.get_num_threads() != 1 or (os.cpu_count() or 1) < 2:
+        for _ in range(count):
+            yield draw()
+        return
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = worker.submit(draw)  # the worker's ops run on one intra-op thread, as set here
+        for i in range(count):
+            current = pending.result()
+            if i + 1 < count:
+                pending = worker.submit(draw)
+            yield current
+
+
 def _encoder_gradient(expansion, w1, w2, x1, x2, a, b, pair):
     """Chain rule through ``z = W x / |W x|``: ``dJ/dW = sum_i P_z(g_i) x_i^T / |W x_i|``, where
-    ``P_z(g) = (g . t) t`` keeps only the tangential component (``t = (-z_y, z_x)``)."""
-    y1, y2 = x1 @ w1.transpose(-1, -2), x2 @ w2.transpose(-1, -2)
-    n1, n2 = y1.norm(dim=-1, keepdim=True), y2.norm(dim=-1, keepdim=True)
-    z1, z2 = y1 / n1, y2 / n2
-    pz2, pz1 = pair(z1, z2)
-    (_, h1), (_, h2), log_value = expansion.log_terms(z1, z2, a, b)
-    t1, t2 = _turn(z1), _turn(z2)
+    ``P_z(g) = (g . t) t`` keeps only the tangential component (``t = (-z_y, z_x)``). The two
+    encoders go as one ``[R, 2, ...]`` batch where their inputs have one shape."""
     k = expansion.kappa
-    g1 = (h1 - k * _dot(pz2, t1)).unsqueeze(-1) / n1
-    g2 = (h2 - k * _dot(pz1, t2)).unsqueeze(-1) / n2
-    value = -k * _dot(z1, pz2).sum(-1) + log_value
-    return (g1 * t1).transpose(-1, -2) @ x1, (g2 * t2).transpose(-1, -2) @ x2, value
+    if x1.shape != x2.shape:
+        (z1, n1), (z2, n2) = _embed(w1, x1), _embed(w2, x2)
+        pz2, pz1 = pair(z1, z2)
+        (_, h1), (_, h2), log_value = expansion.log_terms(z1, z2, a, b)
+        value = -k * _dot(z1, pz2).sum(-1) + log_value
+        return _chain(h1, z1, n1, pz2, x1, k), _chain(h2, z2, n2, pz1, x2, k), value
+    x = torch.stack([x1, x2], 1)
+    z, norm = _embed(torch.stack([w1, w2], 1), x)
+    pz2, pz1 = pair(z[:, 0], z[:, 1])
+    _, tangent, log_value = expansion._frame_terms(z, torch.stack([a, b], 1), False)
+    value = -k * _dot(z[:, 0], pz2).sum(-1) + log_value
+    g = _chain(tangent, z, norm, torch.stack([pz2, pz1], 1), x, k)
+    return g[:, 0], g[:, 1], value
 
+
+def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Weights ``[R, m]`` padded with zeros, points ``[R, m, 2]`` with ``(1, 0)``, to ``n``."""
+    pad = t.new_zeros(t.shape[0], n - t.shape[1], *t.shape[2:])
+    if t.dim() == 3:
+        pad[..., 0] = 1.0
+    return torch.cat([t, pad], 1)
+
+
+def _embed(w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z = W x / |W x|`` and ``|W x|`` for ``w [..., 2, 2]``, ``x [..., n, 2]``."""
+    y = torch.addcmul(x[..., :1] * w[..., None, :, 0], x[..., 1:], w[..., None, :, 1])
+    norm = (y[..., 0] * y[..., 0] + y[..., 1] * y[..., 1]).sqrt_()
+    return y / norm.unsqueeze(-1), norm
+
+
+def _chain(tangent, z, norm, pair, x, kappa):
+    """``sum_i (g_i . t_i) t_i x_i^T / norm_i`` with ``g . t = tangent - kappa pair . t``."""
+    g = (tangent - kappa * (z[..., 0] * pair[..., 1] - z[..., 1] * pair[..., 0])) / norm
+    return (_turn(z) * g.unsqueeze(-1)).transpose(-1, -2) @ x
+
+
+#: draw the next CPU minibatch of :func:`train_sweep` on a worker thread (False: on the caller's)
+PREFETCH = True
 
 #: bytes of power tables per chunk of runs on the CPU (two tables of a chunk stay in cache)
 _CACHE_BYTES = 5 << 20
