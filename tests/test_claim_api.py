@@ -1,5 +1,7 @@
 """The claim API: declarations are validated; settings and seeds are deterministic."""
 
+import importlib
+
 import hypothesis.strategies as st
 import pytest
 import sympy
@@ -58,6 +60,20 @@ def test_settings_and_seeds_are_deterministic():
     assert 0 <= derive_seed("anything") < 2**63
     with pytest.raises(ValueError):
         setting_to_json(float("nan"))
+
+
+def test_settings_depend_on_the_seed_alone_not_on_literals_in_local_modules(tmp_path, monkeypatch):
+    """Hypothesis harvests number literals from local modules into its draws; an editable
+    checkout and a wheel (site-packages: no harvest) would then draw different settings."""
+    strategy = st.tuples(st.integers(2, 256), st.floats(0.02, 1.0))
+    before = draw_settings(strategy, 200, 11)
+    bait = tmp_path / "literal_bait.py"
+    bait.write_text("VALUES = (" + ", ".join(f"{0.02 + k / 997:.6f}" for k in range(100))
+                    + ", " + ", ".join(str(k) for k in range(101, 256)) + ")\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("literal_bait")
+    assert draw_settings(strategy, 200, 11) == before
 
 
 def test_a_broken_module_does_not_hide_its_siblings(tmp_path, monkeypatch):
