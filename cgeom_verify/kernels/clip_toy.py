@@ -259,6 +259,7 @@ class KernelExpansion:
             torch.as_tensor(v, **like) for v in (kernel, radial, tangent)
         )
         frames = {1: [tangent_map], 2: [tangent_map, radial_map]}
+        self._tables: dict = {}
         self._moment_maps = {
             frame: (
                 torch.as_tensor(np.hstack([np.diag(np.r_[kernel, kernel]), *maps]), **like),
@@ -302,11 +303,14 @@ class KernelExpansion:
         first = z.new_empty(runs, 2, 1 + frame, n)
         # ... and the vector sum over the other side weighted by w / (the other's kernel sum)
         second = z.new_empty(runs, 2, frame, n)
+        steps = _doubling_steps(z, self.harmonics)  # [R, 2, levels, 2, B]
         step = runs
         if z.device.type == "cpu":
             step = max(1, _CACHE_BYTES // (8 * 2 * self.harmonics * 2 * n))
+        table = self._workspace(z, 2 * step)
         for s in range(0, runs, step):
-            self._passes(z[s : s + step], w[s : s + step], first[s : s + step], second[s : s + step], *maps)
+            chunk = slice(s, s + step)
+            self._passes(steps[chunk], w[chunk], first[chunk], second[chunk], table, *maps)
         kernel_sum = first[:, :, 0]
         k = 0.5 * self.kappa
         kw = k * w
@@ -315,14 +319,25 @@ class KernelExpansion:
         value = 0.5 * (w * torch.log(kernel_sum)).sum(-1).sum(-1)
         return radial_part, tangent, value
 
-    def _passes(self, z, w, first, second, kernel_map, vector_map):
+    def _workspace(self, z, batch):
+        """The power-table buffer ``[batch, 2, harmonics, B]``, kept between calls: a fresh
+        multi-MiB buffer per chunk costs page faults (the allocator hands such blocks back to
+        the system), more than building the table. So an expansion serves one thread."""
+        shape = (batch, 2, self.harmonics, z.shape[-2])
+        key = (z.device, z.dtype)
+        held = self._tables.get(key)
+        if held is None or held.shape != shape:
+            held = self._tables[key] = z.new_empty(shape)
+        return held
+
+    def _passes(self, steps, w, first, second, table, kernel_map, vector_map):
         """One chunk of runs, both sides as one batch ``(run, side)``: power tables, then four
         passes over them, each a batch of small matrix products: moments (weights w) -> at each
         point, the kernel sum and the vector sum over the other side -> moments with weights
         w / kernel sum -> at each point, the vector sum over the other side with those."""
-        runs, _, n, _ = z.shape
+        runs, n = w.shape[0], w.shape[-1]
         batch, h2 = 2 * runs, 2 * self.harmonics
-        x = _power_table(z.reshape(batch, n, 2), self.harmonics)  # [2C, 2h, B]: cos, sin rows
+        x = _table_from_steps(steps.reshape(batch, *steps.shape[2:]), self.harmonics, table[:batch])
         xt = x.transpose(1, 2)
         moments = torch.bmm(w.reshape(batch, 1, n), xt).view(runs, 2, h2)
         coef = moments.flip(1) @ kernel_map  # the other side's moments
@@ -628,27 +643,41 @@ def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _power_table(z: torch.Tensor, harmonics: int) -> torch.Tensor:
-    """``[cos(n phi); sin(n phi)]`` for n = 0..harmonics-1 as ``[R, 2 harmonics, B]``.
+    """``[cos(n phi); sin(n phi)]`` for n = 0..harmonics-1 as ``[R, 2 harmonics, B]``."""
+    return _table_from_steps(_doubling_steps(z, harmonics), harmonics)
 
-    Doubling: rows ``[k, 2k)`` are rows ``[0, k)`` turned by ``k phi`` (``e^{ik phi}`` the
-    square of row k/2), so log2(harmonics) broadcast products build the table.
-    """
-    runs, n, _ = z.shape
-    out = z.new_empty(runs, 2, harmonics, n)
+
+def _doubling_steps(z: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """``(cos, sin)`` of ``2^l phi`` for the levels ``2^l < harmonics`` (at least ``l = 0``), as
+    ``[..., levels, 2, B]`` from points ``z [..., B, 2]``: each level the square of the last."""
+    levels = max(1, (harmonics - 1).bit_length())
+    out = z.new_empty(*z.shape[:-2], levels, 2, z.shape[-2])
+    out[..., 0, :, :] = z.transpose(-1, -2)
+    for level in range(1, levels):
+        c, s = out[..., level - 1, 0, :], out[..., level - 1, 1, :]
+        torch.mul(c, c, out=out[..., level, 0, :]).addcmul_(s, s, value=-1)
+        torch.mul(c, s, out=out[..., level, 1, :]).mul_(2)
+    return out
+
+
+def _table_from_steps(steps: torch.Tensor, harmonics: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The power table from :func:`_doubling_steps` ``[M, levels, 2, B]``, by doubling: rows
+    ``[k, 2k)`` are rows ``[0, k)`` turned by ``k phi``, so log2(harmonics) broadcast products
+    build it (into ``out [M, 2, harmonics, B]`` if given)."""
+    runs, _, _, n = steps.shape
+    if out is None:
+        out = steps.new_empty(runs, 2, harmonics, n)
     cos, sin = out[:, 0], out[:, 1]
     cos[:, 0] = 1
     sin[:, 0] = 0
     if harmonics > 1:
-        cos[:, 1] = z[..., 0]
-        sin[:, 1] = z[..., 1]
-    k = 2
+        out[:, :, 1] = steps[:, 0]
+    k, level = 2, 1
     while k < harmonics:
         m = min(k, harmonics - k)
-        hc, hs = cos[:, k // 2], sin[:, k // 2]
-        ck = (hc * hc - hs * hs).unsqueeze(1)
-        sk = (2 * hc * hs).unsqueeze(1)
+        ck, sk = steps[:, level, 0].unsqueeze(1), steps[:, level, 1].unsqueeze(1)
         torch.mul(out[:, :, :m], ck.unsqueeze(1), out=out[:, :, k : k + m])
         cos[:, k : k + m].addcmul_(sin[:, :m], sk, value=-1)
         sin[:, k : k + m].addcmul_(cos[:, :m], sk)
-        k *= 2
+        k, level = 2 * k, level + 1
     return out.view(runs, 2 * harmonics, n)
