@@ -320,7 +320,7 @@ def one_run_resolution(design: Design, tau: float, rate: float, false_pass_rate:
     ``design.seeds`` resolves, at the planning s.d. (fixed before training).
 
     Planning s.d.: the pilot's (x safety), inflated for a high *estimated* s.d. as in
-    design_seeds (at most 2x: the full profile's 5 seeds cannot guard better).
+    design_seeds (at most 2x: below 29 seeds, the full profile's 20 among them, no guard does better).
     """
     df = design.seeds - 1
     planned = planning_sd((tau, AUTHORS_BANDWIDTH), design.particles)
