@@ -333,7 +333,9 @@ class _Fused:
     eagerly, with a warning: slower, same arithmetic. TORCH_COMPILE_DISABLE=1 forces eager."""
 
     def __init__(self, fn):
-        self.eager, self.compiled = fn, torch.compile(fn)
+        # Compiled on first call: torch.compile imports dynamo and inductor (2.5 s), which a
+        # process that never trains particles should not pay.
+        self.eager, self.compiled = fn, functools.partial(_compile_and_call, self)
 
     def __call__(self, *args):
         if self.compiled is not None:
@@ -344,6 +346,11 @@ class _Fused:
                               f"{self.eager.__name__} runs eagerly", RuntimeWarning, stacklevel=2)
                 self.compiled = None
         return self.eager(*args)
+
+
+def _compile_and_call(fused: _Fused, *args):
+    fused.compiled = torch.compile(fused.eager)
+    return fused.compiled(*args)
 
 
 _DENSITY, _GRADIENT = _Fused(_tile_density), _Fused(_tile_gradient)
