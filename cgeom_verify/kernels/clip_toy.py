@@ -15,10 +15,32 @@ The loss gradient is exact but never forms the B x B logit matrix. On the circle
 so every kernel sum ``sum_j exp(kappa <z_i, w_j>) g_j`` is a trigonometric polynomial of
 degree K - 1 in phi_i whose coefficients are weighted moments of the w_j: O(B K) work per
 run instead of O(B^2). K is the smallest degree whose dropped tail is below ``tail`` times the
-largest kernel value (K = 28 at tau = 0.07 for the default 1e-10, far below any
+largest kernel value (K = 29 at tau = 0.07 for the default 1e-10, far below any
 statistical effect of training); the certificate compares the
 result with autograd of a separately written CLIP loss (claim fig5-gap-grows-with-misalignment),
 the tests with autograd through :func:`cgeom_verify.kernels.infonce.symmetric_infonce`.
+Only the tangential part of dJ/dz survives the chain rule through ``z = y / |y|``, so each
+vector sum is needed as one component, itself a trigonometric polynomial (degree K) in the
+same moments (:class:`KernelExpansion`).
+
+Cost (the authors' Fig. 5 setting, 160 runs x 2000 steps, B = 256, float64, one torch thread,
+this project's 2-core AMD EPYC with other jobs on it; benchmarks/bench_modality_gap.py). Per
+step and chunk of 21 runs, both sides as one batch: a power table ``[42, 60, 256]`` (cos and
+sin of n phi, n <= 29) built by doubling, then four batched products over it (moments; the
+kernel sum and the tangential sum at each point; moments weighted by 1 / kernel sum; the second
+tangential sum). The chunk's table (5 MiB, :data:`_CACHE_BYTES`) stays in cache between the
+passes and is one buffer reused across chunks and steps (a fresh one per chunk cost page
+faults). Measured per step: ~14 ms for the gradient (table ~4, products ~5), ~7 ms for the
+minibatch (three ``torch.randn`` calls ~4), 21-28 ms CPU in all at load 1.5-3.5; the sweep
+43 s wall / 45 s CPU at load ~2 (before this layout: 149 s wall / 147 s CPU, same machine,
+load ~1.5; 318 s / 235 s at higher load; 66-71 ms per step against 21-28 now, side by side at
+load 3.3). With one intra-op thread and a spare core the next minibatch is drawn on a worker
+thread (:data:`PREFETCH`): wall ~16 ms per step when the second core is free, no gain when
+it is not. Numbers are those of the code before, to rounding: the gradient agrees to
+1e-11 relative; a short trajectory to ~1e-12 (rounding alone gives 2e-14 to 1e-9 over 10 to
+50 steps; runs that end near-singular are chaotic, so their final D_S moves with any rounding,
+as with the old code under another power recurrence). torch.compile was tried for the passes
+(19.6 ms per step compiled, 118 s cold compile): not used.
 
 The same weighted kernel sums give the gradient of the deterministic large-batch objective
 (Thm 4.1) ``J_mm = -(1/tau) sum P_ij <z_i, w_j> + (1/2) sum_i a_i log sum_j b_j k(z_i, w_j)
