@@ -337,6 +337,28 @@ def test_prefetched_minibatches_are_the_same_draws(monkeypatch):
         assert torch.equal(x, y)
 
 
+def test_minibatches_stay_on_the_thread_of_an_active_torch_function_mode(monkeypatch):
+    """A function mode (the device checks of test_device.py) is thread-local: with one on, the
+    draws stay on the calling thread, where the mode sees them."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        seen = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.seen += func is torch.randn
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(clip_toy.os, "cpu_count", lambda: 2)
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    sigma = torch.tensor([0.1, 0.5], dtype=torch.float64)
+    w = clip_toy.initial_weights(2, gen)
+    with Count():
+        clip_toy.train_sweep(clip_toy.ToyData(), sigma, w, steps=4, generator=gen, batch=32)
+    assert Count.seen == 3 * 4  # three randn calls per minibatch, all seen
+
+
 def test_pushforward_density_integrates_to_one(gen):
     w = clip_toy.initial_weights(3, gen)[0]
     phi = torch.arange(8192, dtype=torch.float64) * (2 * math.pi / 8192)

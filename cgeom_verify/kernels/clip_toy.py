@@ -594,7 +594,8 @@ def _minibatches(draw, count: int, prefetch: bool):
     spare core, a worker thread makes the next draw while the caller computes on this one: the
     same calls on the same generator in the same order, so the same numbers (torch ops release
     the GIL, so the two run side by side). Only the worker touches the generator meanwhile."""
-    if not prefetch or count < 2 or torch.get_num_threads() != 1 or (os.cpu_count() or 1) < 2:
+    spare = torch.get_num_threads() == 1 and (os.cpu_count() or 1) >= 2
+    if not prefetch or count < 2 or not spare or _function_mode_active():
         for _ in range(count):
             yield draw()
         return
@@ -646,6 +647,13 @@ def _chain(tangent, z, norm, pair, x, kappa):
     """``sum_i (g_i . t_i) t_i x_i^T / norm_i`` with ``g . t = tangent - kappa pair . t``."""
     g = (tangent - kappa * (z[..., 0] * pair[..., 1] - z[..., 1] * pair[..., 0])) / norm
     return (_turn(z) * g.unsqueeze(-1)).transpose(-1, -2) @ x
+
+
+def _function_mode_active() -> bool:
+    """Whether a torch function mode is on for this thread (modes are thread-local: a worker
+    thread would draw outside it, e.g. outside the device checks of tests/test_device.py)."""
+    enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+    return bool(enabled and enabled())
 
 
 #: draw the next CPU minibatch of :func:`train_sweep` on a worker thread (False: on the caller's)
