@@ -650,10 +650,12 @@ def _chain(tangent, z, norm, pair, x, kappa):
 
 
 def _function_mode_active() -> bool:
-    """Whether a torch function mode is on for this thread (modes are thread-local: a worker
-    thread would draw outside it, e.g. outside the device checks of tests/test_device.py)."""
+    """Whether a torch function or dispatch mode is on for this thread (modes are
+    thread-local: a worker thread would draw outside it, e.g. outside the device checks of
+    tests/test_device.py)."""
     enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
-    return bool(enabled and enabled())
+    dispatch = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return bool(enabled and enabled()) or bool(dispatch and dispatch())
 
 
 #: draw the next CPU minibatch of :func:`train_sweep` on a worker thread (False: on the caller's)
