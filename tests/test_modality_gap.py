@@ -1,6 +1,7 @@
 """Kernels of the modality-gap claims: angular divergence estimators and the batched CLIP toy."""
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -322,17 +323,25 @@ def test_sweep_runs_are_independent(gen):
 def test_prefetched_minibatches_are_the_same_draws(monkeypatch):
     """Drawing the next minibatch on a worker thread changes nothing: same weights, and the
     generator ends in the same state (exactly `steps` draws)."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # as in the certificate's workers
-    monkeypatch.setattr(clip_toy.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(clip_toy, "_spare_core", lambda: True)
+    sample, threads = clip_toy.sample_pairs, {False: set(), True: set()}
     out = {}
     for prefetch in (False, True):
         monkeypatch.setattr(clip_toy, "PREFETCH", prefetch)
+
+        def traced(*args, prefetch=prefetch, **kwargs):
+            threads[prefetch].add(threading.get_ident())
+            return sample(*args, **kwargs)
+
+        monkeypatch.setattr(clip_toy, "sample_pairs", traced)
         gen = torch.Generator(device="cpu").manual_seed(5)
         sigma = torch.tensor([0.1, 0.5], dtype=torch.float64)
         w = clip_toy.initial_weights(2, gen)
         hist = clip_toy.train_sweep(clip_toy.ToyData(), sigma, w, steps=6, generator=gen, batch=32,
                                     checkpoints=(2,))
         out[prefetch] = (hist[2], hist[6], torch.rand(4, generator=gen, dtype=torch.float64))
+    assert threads == {False: {threading.get_ident()}, True: threads[True] - {threading.get_ident()}}
+    assert threads[True]  # the prefetched draws ran on the worker
     for x, y in zip(out[False], out[True], strict=True):
         assert torch.equal(x, y)
 
@@ -349,8 +358,7 @@ def test_minibatches_stay_on_the_thread_of_an_active_torch_function_mode(monkeyp
             Count.seen += func is torch.randn
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(clip_toy.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(clip_toy, "_spare_core", lambda: True)
     gen = torch.Generator(device="cpu").manual_seed(5)
     sigma = torch.tensor([0.1, 0.5], dtype=torch.float64)
     w = clip_toy.initial_weights(2, gen)
