@@ -17,13 +17,14 @@ chaotic: their D_S (up to ~33) moves with any rounding change, so compare median
 versions. Torch runs one intra-op thread, like the certificate's workers: with two on this
 shared 2-core machine the many small kernels oversubscribe the cores (measured: 1176 s wall,
 978 s CPU for the sweep under load). ``train_sweep`` draws the next minibatch on a worker
-thread meanwhile (``train_threads`` 2; CPU time then counts both threads). Other load inflates
-wall time, so CPU time is reported too, with the load average before and after training.
+thread where a core is spare (``train_threads`` 2; CPU time then counts both threads). Other
+load inflates wall time, so CPU time is reported too, with the load average before and after
+training.
 
 Measured on this machine (AMD EPYC, 2 cores shared with other jobs; CPU, float64): the sweep
-in 43 s wall / 45 s CPU at load ~2 (21-28 ms CPU per step at load 1.5-3.5); the code before
-the tangential-frame rewrite 149 s wall / 147 s CPU at load ~1.5 (318 s / 235 s at higher
-load), 66-71 ms per step side by side at load 3.3. No compilation: nothing to add to the wall.
+in 40-42 s wall / 39-40 s CPU at load 3-4 (19-21 ms per step); the code before the
+tangential-frame rewrite 149 s wall / 147 s CPU at load ~1.5 (318 s / 235 s at higher load),
+71-73 ms per step side by side at load 3. No compilation: nothing to add to the wall.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def _per_run_loop_seconds(data: clip_toy.ToyData) -> float:
 
 
 def _prefetching() -> bool:
-    """Whether train_sweep draws minibatches on a worker thread here (see clip_toy._minibatches)."""
-    return clip_toy.PREFETCH and torch.get_num_threads() == 1 and (os.cpu_count() or 1) >= 2
+    """Whether train_sweep, starting now, draws minibatches on a worker thread (one intra-op
+    thread and a spare core by the load average: see clip_toy._minibatches)."""
+    return clip_toy.PREFETCH and clip_toy._spare_core()
 
 
 def _table(sigma, columns: dict) -> list[dict]:
@@ -101,6 +103,7 @@ def main() -> dict:
     gen = torch.Generator().manual_seed(20260119)
     sigma = torch.tensor(SIGMAS, dtype=torch.float64).repeat_interleave(SEEDS)
     weights = clip_toy.initial_weights(sigma.numel(), gen)
+    prefetch = _prefetching()
     history, train_wall, train_cpu = _timed(
         lambda: clip_toy.train_sweep(
             data, sigma, weights, steps=STEPS, generator=gen, tau=TAU, batch=BATCH, lr=LR
@@ -135,7 +138,7 @@ def main() -> dict:
             "lr": LR,
             "eval_pairs": EVAL_PAIRS,
             "torch_threads": torch.get_num_threads(),
-            "train_threads": 2 if _prefetching() else 1,
+            "train_threads": 2 if prefetch else 1,
             "load_average_at_start": load,
             "load_average_after_training": load_after,
             "fourier_harmonics": clip_toy.KernelExpansion(TAU).degree,

@@ -30,17 +30,20 @@ sin of n phi, n <= 29) built by doubling, then four batched products over it (mo
 kernel sum and the tangential sum at each point; moments weighted by 1 / kernel sum; the second
 tangential sum). The chunk's table (5 MiB, :data:`_CACHE_BYTES`) stays in cache between the
 passes and is one buffer reused across chunks and steps (a fresh one per chunk cost page
-faults). Measured per step: ~14 ms for the gradient (table ~4, products ~5), ~7 ms for the
-minibatch (three ``torch.randn`` calls ~4), 21-28 ms CPU in all at load 1.5-3.5; the sweep
-43 s wall / 45 s CPU at load ~2 (before this layout: 149 s wall / 147 s CPU, same machine,
-load ~1.5; 318 s / 235 s at higher load; 66-71 ms per step against 21-28 now, side by side at
-load 3.3). With one intra-op thread and a spare core the next minibatch is drawn on a worker
-thread (:data:`PREFETCH`): wall ~16 ms per step when the second core is free, no gain when
-it is not. Numbers are those of the code before, to rounding: the gradient agrees to
-1e-11 relative; a short trajectory to ~1e-12 (rounding alone gives 2e-14 to 1e-9 over 10 to
-50 steps; runs that end near-singular are chaotic, so their final D_S moves with any rounding,
-as with the old code under another power recurrence). torch.compile was tried for the passes
-(19.6 ms per step compiled, 118 s cold compile): not used.
+faults). Measured per step at load ~3: ~10 ms for the chunks (table ~4, products ~5), ~5 ms
+for the rest of the gradient, ~6 ms for the minibatch (normals by torch.randn's transform,
+vectorised: :func:`_randn`); 19-21 ms in all, the sweep 40-42 s wall / 39-40 s CPU at load
+3-4 (the code before: 149 s wall / 147 s CPU at load ~1.5, 318 s / 235 s at higher load,
+71-73 ms per step side by side at load 3). With one intra-op thread and a spare core the next
+minibatch is drawn on a worker thread (:func:`_minibatches`): 16 against 26 ms per step at
+load 1.7 (before the faster normals), ~8% on the step at load >= 2.4, hence only below a load
+of cores - 1/2. Numbers
+are those of the code before, to rounding: the gradient agrees to 1e-11 relative, as far as
+both are from a long-double sum of the same series; a 10-step trajectory to ~1e-12 (rounding
+alone moves it 2e-14 to 1e-9 over 10 to 50 steps). Runs that end near-singular are chaotic:
+their final D_S moves with any rounding, as with the old code under another power recurrence,
+so compare medians. torch.compile was tried for the passes (19.6 ms per step compiled, 118 s
+cold compile): not used.
 
 The same weighted kernel sums give the gradient of the deterministic large-batch objective
 (Thm 4.1) ``J_mm = -(1/tau) sum P_ij <z_i, w_j> + (1/2) sum_i a_i log sum_j b_j k(z_i, w_j)
@@ -666,8 +669,8 @@ def _chain(tangent, z, norm, pair, x, kappa):
 def _spare_core() -> bool:
     """One intra-op thread, and a core the rest of the machine leaves idle: the 1-minute load
     average below ``cores - 1/2``. Measured on the 2-core machine: with the other core free the
-    worker cuts the step's wall by a third (16 vs 26 ms at load 1.7); with it busy elsewhere the
-    two threads share one core's scheduler share and the step takes ~8% longer (load >= 2.4)."""
+    worker took the step from 26 to 16 ms wall (load 1.7); with it busy elsewhere the two threads
+    share one core's scheduler share and the step took ~8% longer (load >= 2.4)."""
     cores = os.cpu_count() or 1
     if torch.get_num_threads() != 1 or cores < 2:
         return False
