@@ -248,8 +248,8 @@ trend_claim = Claim(
         "test's permutation p-value equals exact enumeration."
     ),
     assumptions=(
-        "the toy of paper Fig. 5; the full profile trains 1000 steps (the gap has settled "
-        "by then: see fig5-gap-not-init-artifact's trajectories), the benchmark 2000",
+        "the toy of paper Fig. 5; the full profile trains the authors' 2000 steps, the quick "
+        "one 450",
     ),
     subject=Fig5Experiment(),
 )
