@@ -378,25 +378,23 @@ def reproduce(run, design: Design, taus, stop=None) -> Reproduction:
     (:func:`reproduction_stages`). After each stage ``stop(reproduction so far)`` may end the
     training: the check already FAILs (a wrong subject then costs one stage, not the figure)."""
     generator = run.generator(0)
+    masses = dict(zip(taus, gibbs_mass(taus, run.device), strict=True))
+    finer = dict(zip(taus, particles.gibbs_cap_mass(WELLS, taus, CAP_RADIUS, nodes=2 * GIBBS_NODES,
+                                                    device=run.device).cpu().numpy(), strict=True))
     trained = {}
     for stage in reproduction_stages(taus):
         cells = tuple((tau, AUTHORS_BANDWIDTH) for tau in stage)
         trained.update(zip(stage, train_cells(run, cells, design, design.particles, generator),
                            strict=True))
         so_far = tuple(t for t in taus if t in trained)
-        measured = _reproduction(run, design, so_far, np.stack([trained[t] for t in so_far]))
+        fractions = np.stack([trained[t] for t in so_far])
+        sd = seed_sd(fractions, design.particles)
+        measured = Reproduction(design, so_far, np.array([masses[t] for t in so_far]),
+                                np.array([finer[t] for t in so_far]), fractions.mean(axis=1), sd,
+                                sd / math.sqrt(design.seeds))
         if stop is not None and len(so_far) < len(taus) and stop(measured):
             break
     return measured
-
-
-def _reproduction(run, design: Design, taus, trained: np.ndarray) -> Reproduction:
-    masses = gibbs_mass(taus, run.device)
-    finer = particles.gibbs_cap_mass(WELLS, taus, CAP_RADIUS, nodes=2 * GIBBS_NODES,
-                                     device=run.device).cpu().numpy()
-    sd = seed_sd(trained, design.particles)
-    return Reproduction(design, tuple(taus), masses, finer, trained.mean(axis=1), sd,
-                        sd / math.sqrt(design.seeds))
 
 
 # == the surrogate's bias (kde-surrogate-bias) ====================================================
