@@ -46,8 +46,9 @@ Also here: Monte Carlo summaries (:func:`mean_se`, :func:`variance_se`,
 :func:`weighted_least_squares`, :func:`clopper_pearson`), large-N limits read as the
 intercept of ``a + b/N + ...`` (:func:`inverse_size_fit`; :func:`intercept_variance_factor`
 designs them), exact and permutation rank tests (:func:`mann_whitney`,
-:func:`jonckheere_terpstra`), their power at a designed pairwise ordering probability
-(:func:`jt_power`, :func:`jt_group_size`, :func:`mw_power`) and budgets
+:func:`jonckheere_terpstra`, :func:`stratified_jonckheere_terpstra`), their power at a
+designed pairwise ordering probability (:func:`jt_power`, :func:`jt_group_size`,
+:func:`mw_power`) and budgets
 (:func:`bonferroni_split`, :func:`holm`).
 """
 
@@ -84,6 +85,7 @@ __all__ = [
     "clopper_pearson",
     "mann_whitney",
     "jonckheere_terpstra",
+    "stratified_jonckheere_terpstra",
     "jt_null_moments",
     "jt_power",
     "jt_group_size",
@@ -505,21 +507,22 @@ def jt_null_moments(sizes: Sequence[int]) -> tuple[float, float]:
     return float(mean), float(math.sqrt(var))
 
 
-def jt_power(sizes: Sequence[int], pi: float, false_pass_rate: float) -> float:
+def jt_power(sizes: Sequence[int], pi: float, false_pass_rate: float, strata: int = 1) -> float:
     """Power of the one-sided JT test at level ``false_pass_rate`` when every ordered pair of
-    groups is ordered with probability ``pi`` (normal approximation, null sd)."""
+    groups is ordered with probability ``pi`` (normal approximation, null sd); with ``strata``
+    independent strata of these group sizes, of their summed statistic (stratified JT)."""
     n = np.asarray(sizes, dtype=np.float64)
     pairs = ((n.sum() ** 2) - (n**2).sum()) / 2.0  # sum_{g<h} n_g n_h
     mean0, sd0 = jt_null_moments(sizes)
-    shift = (pairs * pi - mean0) / sd0
+    shift = math.sqrt(strata) * (pairs * pi - mean0) / sd0
     return float(_scipy_stats.norm.cdf(shift - _scipy_stats.norm.ppf(1.0 - false_pass_rate)))
 
 
 def jt_group_size(groups: int, pi: float, power: float, false_pass_rate: float,
-                  minimum: int = 2) -> int:
-    """Smallest common group size whose JT power at ``pi`` is at least ``power``."""
+                  minimum: int = 2, strata: int = 1) -> int:
+    """Smallest common group size whose (stratified) JT power at ``pi`` is at least ``power``."""
     n = max(int(minimum), 2)
-    while jt_power([n] * groups, pi, false_pass_rate) < power:
+    while jt_power([n] * groups, pi, false_pass_rate, strata) < power:
         n += 1
         if n > 10_000:
             raise ValueError(f"no group size reaches power {power} at pi = {pi}")
@@ -540,18 +543,29 @@ def jonckheere_terpstra(groups: Sequence[Sequence[float]], *, permutations: int 
     ``z`` standardises the statistic by the null mean and variance of the no-ties
     formula, for reading.
     """
-    values = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups])
-    labels = np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)])
-    observed = float(_jt_statistic(values, labels[None])[0])
+    return stratified_jonckheere_terpstra([groups], permutations=permutations, seed=seed)
+
+
+def stratified_jonckheere_terpstra(strata: Sequence[Sequence[Sequence[float]]], *,
+                                   permutations: int = 20000, seed: int = 0) -> RankTest:
+    """JT summed over independent strata (each a list of groups in the same trend order), for a
+    trend shared by strata on different scales; labels are permuted within each stratum."""
     rng = np.random.default_rng(seed)
-    count, done, chunk = 0, 0, max(1, min(permutations, 2_000_000 // max(len(values) ** 2, 1)))
-    while done < permutations:
-        take = min(chunk, permutations - done)
-        shuffled = rng.permuted(np.broadcast_to(labels, (take, len(labels))), axis=1)
-        count += int((_jt_statistic(values, shuffled) >= observed - 1e-9).sum())
-        done += take
-    mean, sd = jt_null_moments([len(g) for g in groups])
-    return RankTest(observed, (observed - mean) / sd, (count + 1) / (permutations + 1),
+    observed, counts, mean, var = 0.0, np.zeros(permutations), 0.0, 0.0
+    for groups in strata:
+        values = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups])
+        labels = np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)])
+        observed += float(_jt_statistic(values, labels[None])[0])
+        done, chunk = 0, max(1, min(permutations, 2_000_000 // max(len(values) ** 2, 1)))
+        while done < permutations:
+            take = min(chunk, permutations - done)
+            shuffled = rng.permuted(np.broadcast_to(labels, (take, len(labels))), axis=1)
+            counts[done:done + take] += _jt_statistic(values, shuffled)
+            done += take
+        m, sd = jt_null_moments([len(g) for g in groups])
+        mean, var = mean + m, var + sd**2
+    count = int((counts >= observed - 1e-9).sum())
+    return RankTest(observed, (observed - mean) / math.sqrt(var), (count + 1) / (permutations + 1),
                     "permutation")
 
 

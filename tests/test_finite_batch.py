@@ -224,8 +224,12 @@ def test_toy_sweep_layout_pairs_starts_and_control_switches():
                                        sweep.gap[(sweep.batch == 0) & (sweep.sigma == 0.2)][:2])
     shuffled = fb.FiniteBatchToy(shuffle_sigma=True).sweep(data, (0.2, 0.5), opts, (16,), 3, 2,
                                                            generator=_gen(1), **kwargs)
-    assert sorted(shuffled.sigma.tolist()) == sorted(sweep.sigma.tolist())
     assert shuffled.sigma.tolist() != sweep.sigma.tolist()
+    for o in range(2):  # permuted within (optimiser, B); the population runs keep theirs
+        for b in (0, 16):
+            rows = (sweep.optimiser == o) & (sweep.batch == b)
+            assert sorted(shuffled.sigma[rows]) == sorted(sweep.sigma[rows])
+    np.testing.assert_array_equal(shuffled.sigma[sweep.batch == 0], sweep.sigma[sweep.batch == 0])
     np.testing.assert_array_equal(shuffled.gap, sweep.gap)
 
 
@@ -239,3 +243,44 @@ def test_secret_batch_makes_population_runs_stochastic():
     honest = fb.FiniteBatchToy().sweep(*args, steps=20, generator=_gen(2), points=32)
     secret = fb.FiniteBatchToy(secret_batch=16).sweep(*args, steps=20, generator=_gen(2), points=32)
     assert not np.allclose(honest.gap, secret.gap, rtol=1e-6)
+
+
+def test_sweep_window_population_subset_and_batch_shuffle():
+    """The window's gap is the mean of the gaps at its steps (replayed by hand, 4096 cells against
+    the sweep's WINDOW_CELLS); population runs only for the optimisers asked; the batch-label control
+    permutes B within each (optimiser, sigma) and leaves the gaps where they were."""
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy
+
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    opts = (fb.Optimiser("sgd", 0.1), fb.Optimiser("adam", 5e-3))
+    args = (data, (0.2, 0.5), opts, (8, 16), 3, 2)
+    kwargs = dict(steps=12, points=32, window=(6, 3, fb.WINDOW_CELLS), population={1})
+    sweep = fb.FiniteBatchToy().sweep(*args, generator=_gen(4), **kwargs)
+    assert set(sweep.optimiser[sweep.batch == 0]) == {1}
+    assert sweep.gap.shape == (2 * 2 * 2 * 3 + 2 * 2,)
+    # replay: same generator, same run layout, gaps recorded at steps 9 and 12
+    runs = [(o, b, s, k) for o in range(2) for b in (0, 8, 16) for s in (0.2, 0.5)
+            for k in range(3 if b else 2 if o == 1 else 0)]
+    g = _gen(4)
+    start = clip_toy.initial_weights(3, g, identical=True)
+    sigma = torch.tensor([r[2] for r in runs], dtype=torch.float64, device=CPU)
+    seen = []
+
+    def observe(step, w):
+        if step in (9, 12):
+            seen.append(fb.exact_gap(data, w, sigma))
+
+    fb.train_toy(data, sigma, start[:, [r[3] for r in runs]], [opts[r[0]] for r in runs],
+                 [r[1] for r in runs], steps=12, generator=g, points=32, observe=observe)
+    np.testing.assert_allclose(sweep.window_gap, torch.stack(seen).mean(0).numpy(), rtol=1e-11)
+    np.testing.assert_allclose(sweep.gap, seen[-1].numpy(), rtol=1e-11)
+    shuffled = fb.FiniteBatchToy(shuffle_batch=True).sweep(*args, generator=_gen(4), **kwargs)
+    np.testing.assert_array_equal(shuffled.gap, sweep.gap)
+    assert shuffled.batch.tolist() != sweep.batch.tolist()
+    for o in range(2):
+        for s in (0.2, 0.5):
+            rows = (sweep.optimiser == o) & (sweep.sigma == s)
+            assert sorted(shuffled.batch[rows]) == sorted(sweep.batch[rows])
+    np.testing.assert_array_equal(shuffled.batch[sweep.batch == 0], 0)

@@ -276,6 +276,18 @@ POPULATION_STEPS = 1000
 #: the three sigma pairs at the worst cell (AdamW wd 1, B = 16: 0.91, 0.71, 1.0), >= 0.96 for
 #: SGD and Adam at every B.
 TREND_PI = 0.85
+#: The closing window over which each run's gap is averaged for the convergence decision
+#: (length, every, quadrature cells): the last 150 of 300 steps, every 10th. A single final
+#: gap carries the run's stationary fluctuation, which at sigma >= 0.35 is as large as the
+#: deviation being measured; the window's mean keeps the drift and averages most of it out.
+TRAJECTORY_WINDOW = (150, 10, finite_batch.WINDOW_CELLS)
+#: Designed effect of the convergence: the probability that a run at the smaller of two batch
+#: sizes ends (window mean) further from the population runs' gap than one at the larger, per
+#: sigma stratum. Pilots (300 steps, window as above), 16 vs 64 averaged over sigma: SGD 0.84,
+#: Adam 0.81, AdamW wd 1 0.88 (40 seeds; every 30th step instead: 0.74, 0.73, 0.80; the final
+#: gap alone: 0.66, 0.64, 0.65); over 16/64/256 (16 seeds) Adam 0.81, its weakest pair 64 vs
+#: 256 at sigma = 0.5 (0.52: Adam's fixed-rate noise floor).
+CONVERGENCE_PI = 0.75
 
 
 def independent_population_gaps(run) -> np.ndarray:
@@ -297,19 +309,89 @@ def population_runs(run) -> finite_batch.ToySweep:
                              points=POPULATION_POINTS)
 
 
-def trend_design(run) -> tuple[int, int]:
-    """Seeds per (optimiser, B, sigma) so each JT decision has power 1 - its false-fail rate at
-    TREND_PI, and the decision count (one per optimiser and B), fixed before training."""
-    decisions = len(run.pick(OPTIMISERS)) * len(run.pick(BATCHES))
+def trajectory_design(run) -> tuple[int, int]:
+    """Seeds per (optimiser, B, sigma) so that every decision has power 1 - its false-fail rate:
+    each trend JT (one per optimiser and B) at TREND_PI, each convergence JT (one per
+    optimiser, stratified by sigma) at CONVERGENCE_PI; and the decision count. Fixed before
+    training."""
+    optimisers, batches = len(run.pick(OPTIMISERS)), len(run.pick(BATCHES))
+    decisions = optimisers * batches + optimisers
     power = 1.0 - run.decision_false_fail_rate(decisions)
-    return stats.jt_group_size(len(TRAJECTORY_SIGMAS), TREND_PI, power, run.false_pass_rate), decisions
+    trend = stats.jt_group_size(len(TRAJECTORY_SIGMAS), TREND_PI, power, run.false_pass_rate)
+    convergence = stats.jt_group_size(batches, CONVERGENCE_PI, power, run.false_pass_rate,
+                                      strata=len(TRAJECTORY_SIGMAS))
+    return max(trend, convergence), decisions
+
+
+def reference_optimiser(optimisers, o: int) -> int:
+    """The optimiser whose population runs stand for optimiser ``o``'s population: Adam with
+    the same weight decay (the same objective). SGD's own would not do: at lr 0.1 on the
+    deterministic J_mm it has not converged within 300 steps at sigma = 0.2 (its gap still moves
+    by 64 % over the last 150), and from some starts it collapses (D_S ~ 10^2)."""
+    decay = optimisers[o].weight_decay
+    return next(i for i, opt in enumerate(optimisers) if opt.kind == "adam" and opt.weight_decay == decay)
 
 
 def trajectory_sweep(run, seeds: int) -> finite_batch.ToySweep:
-    """Every (optimiser, B, sigma, seed) run and the population runs, in one training program."""
-    return run.subject.sweep(TOY, TRAJECTORY_SIGMAS, run.pick(OPTIMISERS), run.pick(BATCHES), seeds,
+    """Every (optimiser, B, sigma, seed) run and the reference optimisers' population runs, in
+    one training program."""
+    optimisers = run.pick(OPTIMISERS)
+    population = {reference_optimiser(optimisers, o) for o in range(len(optimisers))}
+    return run.subject.sweep(TOY, TRAJECTORY_SIGMAS, optimisers, run.pick(BATCHES), seeds,
                              POPULATION_SEEDS, steps=TRAJECTORY_STEPS, generator=run.generator(0),
-                             points=POPULATION_POINTS)
+                             points=POPULATION_POINTS, window=TRAJECTORY_WINDOW,
+                             population=population)
+
+
+def population_gaps(sweep: finite_batch.ToySweep, optimisers, o: int, window: bool = False) -> dict:
+    """Per sigma, the mean gap of optimiser ``o``'s reference population runs."""
+    sigma, gap = sweep.select(reference_optimiser(optimisers, o), 0, window)
+    return {s: float(gap[sigma == s].mean()) for s in TRAJECTORY_SIGMAS}
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """One optimiser's window-mean relative deviations ``|D_S(B)/D_S(pop) - 1|`` per sigma and B
+    (population: its reference population runs over the same window), and the
+    exponent of ``median deviation ~ B^-alpha`` per sigma (least squares in logs; recorded)."""
+
+    optimiser: str
+    batches: tuple[int, ...]
+    deviation: dict  # sigma -> [array per B]
+    exponent: dict  # sigma -> alpha
+
+    def strata(self) -> list[list[np.ndarray]]:
+        """Per sigma, the groups in the order of the trend tested (B decreasing)."""
+        return [groups[::-1] for groups in self.deviation.values()]
+
+    def rows(self) -> list[dict]:
+        return [{"optimiser": self.optimiser, "sigma": s, "batch": b,
+                 "median_window_deviation": float(np.median(d)),
+                 "quartiles": np.quantile(d, [0.25, 0.75]).tolist(), "runs": int(d.size),
+                 "exponent": self.exponent[s]}
+                for s, groups in self.deviation.items() for b, d in zip(self.batches, groups, strict=True)]
+
+    def series(self) -> list[dict]:
+        """Median deviation (quartile band) against B per sigma, log-log."""
+        return [{"label": f"sigma = {s}: alpha = {self.exponent[s]:.2f}", "style": "band",
+                 "x": list(self.batches), "y": [float(np.median(d)) for d in groups],
+                 "lower": [float(np.quantile(d, 0.25)) for d in groups],
+                 "upper": [float(np.quantile(d, 0.75)) for d in groups]}
+                for s, groups in self.deviation.items()]
+
+
+def convergence(sweep: finite_batch.ToySweep, optimisers, o: int, batches) -> Convergence:
+    population = population_gaps(sweep, optimisers, o, window=True)
+    deviation, exponent = {}, {}
+    for s in TRAJECTORY_SIGMAS:
+        groups = []
+        for batch in batches:
+            sigma, gap = sweep.select(o, batch, window=True)
+            groups.append(np.abs(gap[sigma == s] / population[s] - 1.0))
+        deviation[s] = groups
+        medians = np.log([np.median(g) for g in groups])
+        exponent[s] = float(-np.polyfit(np.log(batches), medians, 1)[0])
+    return Convergence(optimisers[o].label, tuple(batches), deviation, exponent)
 
 
 def gap_rows(optimiser, batch: int, groups, population: dict) -> list[dict]:
