@@ -271,7 +271,7 @@ trajectories = Claim(
         "Training the Fig. 5 toy on minibatches of B pairs from identical encoders, with plain "
         "SGD, Adam (the authors' choice) or Adam with decoupled weight decay up to 1, the "
         "end-of-training gap D_S still increases with the misalignment sigma at every batch size "
-        "B >= 16 (Jonckheere-Terpstra per optimiser and B): finite batches and the regulariser "
+        "B >= 8 (Jonckheere-Terpstra per optimiser and B): finite batches and the regulariser "
         "do not remove Thm 4.1's monotone gap. The gap (its mean over the closing steps) nears "
         "the population runs' (J_mm by quadrature, Adam with the same weight decay, same steps) "
         "as B grows: its "
@@ -282,7 +282,7 @@ trajectories = Claim(
     assumptions=(
         "the toy's data law without input noise (the population objective has none), "
         "tau = 0.07, sigma in {0.2, 0.35, 0.5}, both encoders identical at the start (per seed)",
-        "B >= 16; decoupled weight decay up to 1 (AdamW at the authors' rate 5e-3); 300 steps "
+        "B >= 8; decoupled weight decay up to 1 (AdamW at the authors' rate 5e-3); 300 steps "
         "(the population runs converge within them at sigma >= 0.35), the gap averaged over "
         "every 30th of the last 150",
     ),
