@@ -390,6 +390,28 @@ def test_pushforward_density_integrates_to_one(gen):
     assert torch.allclose(q.mean(-1), torch.ones(3, dtype=torch.float64), atol=1e-6)
 
 
+def test_pushforward_density_matches_the_explicit_series(gen):
+    """Clenshaw's sum against the law written term by term: the data law (two von Mises modes,
+    their Bessel-series coefficients from scipy) at arg(W^-1 u(phi)), times the Jacobian."""
+    from scipy import special
+
+    data = clip_toy.ToyData()
+    w = 2 * clip_toy.initial_weights(4, gen)[0]
+    sigma = torch.tensor([0.0, 0.1, 0.3, 0.7], dtype=torch.float64)
+    phi = torch.linspace(0, 2 * math.pi, 97, dtype=torch.float64)
+    v = torch.stack([torch.cos(phi), torch.sin(phi)], -1) @ torch.linalg.inv(w).transpose(-1, -2)
+    theta = torch.atan2(v[..., 1], v[..., 0]).numpy()
+    k = np.arange(64)
+    coeff = special.ive(k, data.kappa) / special.ive(0, data.kappa) * (
+        data.weight + (1 - data.weight) * (-1.0) ** k)
+    damp = np.exp(-0.5 * (k * sigma.numpy()[:, None]) ** 2)
+    terms = np.where(k == 0, 1.0, 2.0) * coeff * damp  # [R, K]
+    law = (terms[:, None, :] * np.cos(k * theta[..., None])).sum(-1)
+    expected = law / (np.abs(np.linalg.det(w.numpy()))[:, None] * (v.numpy() ** 2).sum(-1))
+    got = clip_toy.pushforward_density(data, w, phi, sigma).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
 def test_population_gradient_matches_finite_differences(gen):
     data = clip_toy.ToyData()
     sigma = torch.tensor([0.3], dtype=torch.float64)

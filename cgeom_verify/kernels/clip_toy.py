@@ -527,11 +527,15 @@ def pushforward_density(
     ``theta`` follows the data law, convolved with the wrapped normal of ``sigma`` when
     given (the second modality's law). With ``v = W^{-1} u(phi)``:
     ``q(phi) = p(arg v) / (|det W| |v|^2)``. ``weights [R, 2, 2]``, ``phi [M]`` -> ``[R, M]``.
-    The law's Fourier series is cut at ``harmonics`` (64: below 1e-90 relative for kappa = 6).
+    The law's Fourier series is cut at ``harmonics`` (64: below 1e-90 relative for kappa = 6);
+    as ``cos(k theta) = T_k(cos theta)`` it is summed by Clenshaw's recurrence from
+    ``cos(arg v) = v_1/|v|``: two multiply-adds per harmonic where a cosine table of
+    ``[R, M, harmonics]`` cost 3/4 of the finite-batch sweep's gap records.
     """
     inv = torch.linalg.inv(weights)
     v = _circle(phi) @ inv.transpose(-1, -2)  # [R, M, 2]
-    theta = torch.atan2(v[..., 1], v[..., 0])
+    norm2 = (v**2).sum(-1)
+    x = v[..., 0] * torch.rsqrt(norm2)
     like = {"dtype": torch.float64, "device": weights.device}
     k = torch.arange(harmonics, **like)
     coeff = torch.as_tensor(data.fourier(harmonics), **like)
@@ -540,9 +544,13 @@ def pushforward_density(
         weight = weight * torch.exp(-0.5 * (k * sigma[:, None]) ** 2)
     else:
         weight = weight.expand(weights.shape[0], -1)
-    law = (weight.unsqueeze(1) * torch.cos(k * theta.unsqueeze(-1))).sum(-1)
+    weight = weight.unsqueeze(1)  # [R, 1, harmonics]
+    after, later = torch.zeros_like(x), torch.zeros_like(x)  # b_{k+1}, b_{k+2}
+    for j in range(harmonics - 1, 0, -1):
+        after, later = weight[..., j] + 2 * x * after - later, after
+    law = weight[..., 0] + x * after - later
     det = torch.linalg.det(weights).abs()
-    return law / (det[:, None] * (v**2).sum(-1))
+    return law / (det[:, None] * norm2)
 
 
 def symmetric_gap(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
