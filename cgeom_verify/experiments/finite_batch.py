@@ -287,10 +287,10 @@ TREND_PI = 0.85
 TRAJECTORY_WINDOW = (150, 10, finite_batch.WINDOW_CELLS)
 #: Designed effect of the convergence: the probability that a run at the smaller of two batch
 #: sizes ends (window mean) further from the population runs' gap than one at the larger, per
-#: sigma stratum. Pilots (300 steps, window as above), 16 vs 64 averaged over sigma: SGD 0.84,
-#: Adam 0.81, AdamW wd 1 0.88 (40 seeds; every 30th step instead: 0.74, 0.73, 0.80; the final
-#: gap alone: 0.66, 0.64, 0.65); over 16/64/256 (16 seeds) Adam 0.81, its weakest pair 64 vs
-#: 256 at sigma = 0.5 (0.52: Adam's fixed-rate noise floor).
+#: sigma stratum. Pilots (300 steps, window as above, reference_optimiser's population runs),
+#: averaged over sigma and pairs of B: 16 vs 64 (40 seeds), SGD 0.84, Adam 0.81, AdamW wd 1 0.88
+#: (every 30th step instead: 0.74, 0.73, 0.80; the final gap alone: 0.66, 0.64, 0.65); 16/64/256
+#: (24 seeds, full optimisers), SGD 0.92, Adam 0.82, AdamW wd 0.1 0.79, wd 1 0.93.
 CONVERGENCE_PI = 0.75
 
 

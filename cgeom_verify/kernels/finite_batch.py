@@ -476,10 +476,10 @@ class FiniteBatchToy:
               window: tuple[int, int, int] = (0, 0, WINDOW_CELLS), population=None) -> ToySweep:
         """Every (optimiser, batch in ``batches``, sigma, seed < ``seeds``) run and every
         (optimiser in ``population``, default all; sigma, seed < ``population_seeds``)
-        population run, trained at once from
-        per-seed identical encoders (:func:`train_toy`), with their exact gaps; ``window =
-        (length, every, cells)``: the gap is also averaged over every ``every``-th step of the
-        last ``length`` (quadrature on ``cells``; zero length: the final gap)."""
+        population run, trained at once from per-seed identical encoders (:func:`train_toy`),
+        with their exact gaps. ``window = (length, every, cells)``: the gap is also averaged
+        over every ``every``-th step of the last ``length`` (quadrature on ``cells``; zero
+        length: the final gap)."""
         population = range(len(optimisers)) if population is None else population
         runs = [(o, b, s, k) for o in range(len(optimisers)) for b in (0, *batches) for s in sigmas
                 for k in range(seeds if b else population_seeds if o in population else 0)]
