@@ -7,6 +7,7 @@ claim and item name, whatever the working directory and the install.
 """
 
 import json
+import shutil
 
 import pytest
 from _installed import harness_site, run_installed
@@ -24,6 +25,14 @@ def test_harness_imports_from_the_wheel(site, tmp_path):
                            "print(claims.__file__)", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert all(line.startswith(str(site)) for line in result.stdout.split()), result.stdout
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_the_wheel_ships_and_builds_the_c_kernels(site, tmp_path):
+    result = run_installed([site], "-c", "import torch; from cgeom_verify.kernels import particles; "
+                           "print(particles.kde_implementation('cpu', torch.float32))", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("C pair loops"), result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

@@ -24,6 +24,7 @@ def _tangential(grad, z):
 @pytest.mark.parametrize("m", [7, 24, 96, 200])
 @pytest.mark.parametrize("tile_elements", [1, 1 << 19])
 def test_log_kde_value_and_gradient_match_the_authors_formula(m, tile_elements, monkeypatch):
+    # float64 runs the tile programs (the C loops are float32 only).
     # tile_elements = 1: one tile per chunk, so chunk edges cross every block boundary.
     monkeypatch.setattr(particles, "_CHUNK_ELEMENTS", tile_elements)
     gen = torch.Generator().manual_seed(m)
@@ -69,6 +70,77 @@ def test_eager_fallback_computes_the_same_kernel(monkeypatch):
     assert particles._DENSITY.compiled is None  # the fallback sticks: no retry per call
     assert torch.allclose(eager, compiled, rtol=0, atol=1e-13)
     assert torch.allclose(grad_eager, grad_compiled, rtol=0, atol=1e-12)
+
+
+@pytest.fixture
+def tile_kernel(monkeypatch):
+    """log_kde on the torch tile programs, as where no C compiler is found."""
+    monkeypatch.setattr(particles, "_kde_pairs", lambda: None)
+
+
+def _float32_against_float64(m: int, h):
+    """Largest |d log rho| and tangential |d grad| of float32 log_kde against float64 (dense)."""
+    gen = torch.Generator().manual_seed(m)
+    z = torch.nn.functional.normalize(torch.randn(len(h), m, 3, generator=gen), dim=-1)
+    h = torch.tensor(h)
+    upstream = torch.randn(len(h), m, generator=gen, dtype=torch.float64)
+    ours = z.clone().requires_grad_(True)
+    value = particles.log_kde(ours, h)
+    (grad,) = torch.autograd.grad((value * upstream.float()).sum(), ours)
+    exact = z.double().requires_grad_(True)
+    ref = experiment.dense_log_kde(exact, h.double())
+    (grad_ref,) = torch.autograd.grad((ref * upstream).sum(), exact)
+    with torch.no_grad():
+        gradient = _tangential(grad.double() - grad_ref, exact).abs().max() / grad_ref.abs().max()
+        return float((value.double() - ref).abs().max()), float(gradient)
+
+
+@pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
+@pytest.mark.parametrize("m", [2, 7, 17, 96, 200])
+def test_c_pair_loops_match_float64_at_any_particle_count(m):
+    # Counts off the 16-lane vector (2, 7, 17, 200) exercise the padded stride and masked lanes.
+    assert particles.kde_implementation("cpu", torch.float32).startswith("C pair loops")
+    value, gradient = _float32_against_float64(m, [0.11, 0.35, 1.1])
+    assert value <= experiment.KERNEL_PRECISION and gradient <= experiment.KERNEL_PRECISION
+    assert value > 0 and gradient > 0  # float32 rounding is there: the comparison can fail
+
+
+def test_tile_programs_match_float64_in_float32(tile_kernel):
+    assert particles.kde_implementation("cpu", torch.float32).startswith("tile programs")
+    value, gradient = _float32_against_float64(96, [0.11, 0.35, 1.1])
+    assert value <= experiment.KERNEL_PRECISION and gradient <= experiment.KERNEL_PRECISION
+
+
+@pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
+def test_c_pair_loops_do_not_depend_on_the_thread_count():
+    z = torch.nn.functional.normalize(torch.randn(5, 200, 3, generator=torch.Generator().manual_seed(2)),
+                                      dim=-1).requires_grad_(True)
+    h = torch.full((5,), 0.35)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            value = particles.log_kde(z, h)
+            results.append((value, *torch.autograd.grad(value.sum(), z)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_a_failed_c_build_warns_and_leaves_the_tile_programs(monkeypatch):
+    from cgeom_verify.kernels import native
+
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not build kde_pairs.c"):
+            assert native.library("kde_pairs") is None
+        monkeypatch.setenv("CGEOM_VERIFY_NATIVE", "0")
+        native.library.cache_clear()
+        assert native.library("kde_pairs") is None  # switched off: no build, no warning
+    finally:
+        native.library.cache_clear()
 
 
 def test_reproduction_trains_the_reported_taus_first_coldest_first():
@@ -162,6 +234,8 @@ def test_bad_input_is_an_error():
                                   torch.Generator())
     with pytest.raises(ValueError):
         particles.log_kde(torch.zeros(4, 3), torch.ones(1))
+    with pytest.raises(ValueError, match="one bandwidth per run"):
+        particles.log_kde(torch.ones(2, 4, 3), torch.ones(3))
 
 
 def test_seed_design_resolves_the_margin_with_t_quantiles():

@@ -216,11 +216,12 @@ def cap_quadrature_against_closed_form(taus, device) -> QuadratureComparison:
 
 # == the training kernel against float64 (the oracle of the particle step) =========================
 
-#: Stated precision of the float32 fused KDE kernel (particles.log_kde) against a float64 dense
+#: Stated precision of the float32 KDE kernel (particles.log_kde) against a float64 dense
 #: evaluation of the same function on the same inputs: 2^-16, i.e. 256 float32 unit roundoffs,
 #: on log rho and on each particle's gradient relative to the sum of the absolute values of its
 #: terms (cancellation makes the net gradient no scale for rounding). Measured worst at M = 768,
-#: h from 0.11 to 1.1, uniform and trained configurations: 45 roundoffs (2.7e-6).
+#: h from 0.11 to 1.1, uniform and trained configurations: 45 roundoffs (2.7e-6) for the tile
+#: programs; 43 for the C pair loops (Gibbs draws, M = 96, 200, 768).
 KERNEL_PRECISION = 2.0**-16
 KERNEL_BANDWIDTHS = (0.11, 0.35, 1.1)
 KERNEL_TAUS = (10.0, 0.1)
@@ -247,15 +248,17 @@ class KernelComparison:
     num_particles: int
     value_error: float
     gradient_error: float  # relative to the sum of absolute terms, per particle
+    kernel: str  # which implementation ran (particles.kde_implementation)
 
     def row(self) -> dict:
-        return {"particles": self.num_particles, "bandwidths": list(KERNEL_BANDWIDTHS),
+        return {"particles": self.num_particles, "kernel": self.kernel,
+                "bandwidths": list(KERNEL_BANDWIDTHS),
                 "configurations": [f"Gibbs draws at tau = {t:g}" for t in KERNEL_TAUS],
                 "max |d log rho|": self.value_error, "max |d grad| / sum |terms|": self.gradient_error}
 
 
 def kernel_against_float64(num_particles: int, generator) -> KernelComparison:
-    """The training kernel in float32 (fused, symmetric tiles, polynomial acos) against
+    """The training kernel in float32 (symmetric pair sums, polynomial acos) against
     :func:`dense_log_kde` in float64 on the same float32 inputs, with the training's own
     upstream gradient (the mean over particles): exact Gibbs draws at a hot and a cold tau
     (spread out, and clustered in the wells), at small, the authors' and large bandwidths."""
@@ -284,7 +287,8 @@ def kernel_against_float64(num_particles: int, generator) -> KernelComparison:
         tangential = [g - (g * zd).sum(-1, keepdim=True) * zd for g in (grad.double(), grad_ref)]
         gradient_error = ((tangential[0] - tangential[1]).norm(dim=-1) / scale).max()
         value_error = (value.double() - reference).abs().max()
-    return KernelComparison(num_particles, float(value_error), float(gradient_error))
+    return KernelComparison(num_particles, float(value_error), float(gradient_error),
+                            particles.kde_implementation(device, torch.float32))
 
 
 def width_ratio(tau: float, bandwidth: float) -> float:

@@ -27,27 +27,30 @@ Public API:
   reference a perfect particle method would match.
 
 Cost: one step is ~41M pair interactions at the authors' full setting (140 runs x 768^2/2).
-The pairwise kernel is evaluated only on the upper-triangular blocks of the ``[M, M]`` matrix
-(it is symmetric: 36/64 of the pairs), in float32 like the authors' code, each (block pair,
-run) tile by a program fused under ``torch.compile`` (one vectorised loop nest per pass: no
-pairwise intermediate reaches memory; the backward recomputes the kernel), with ``acos`` by a
-polynomial (:func:`_angle`). The float32 kernel agrees with a dense float64 evaluation to
-within 2^-16 (tests/test_particles.py and the figs3-4-reproduction evidence). Measured on the
-2-core development CPU, one thread: ~0.06 s for the density and ~0.10 s for the gradient
-pass of all 140 runs, 0.18 s per step in all (6 ms per M = 768 system per step before: 4.6x);
-see benchmarks/bench_particles.py.
+Both passes visit each unordered pair once (the kernel is symmetric), in float32 like the
+authors' code, with ``acos`` by a polynomial (:func:`_angle`). On the CPU in float32 they are C
+loops (``kde_pairs.c``, built at first use by :mod:`.native`): each pair's kernel goes to its row
+and its column from registers, one run per thread. Elsewhere (CUDA, float64, or no C compiler)
+they are tile programs over the upper-triangular blocks of the ``[M, M]`` matrix, fused under
+``torch.compile`` (eager where compilation fails); the backward recomputes the kernel. The
+float32 kernels agree with a dense float64 evaluation to within 2^-16 (tests/test_particles.py and
+the figs3-4-reproduction evidence). Measured on the 2-core development CPU, 2 threads, all 140
+runs: 0.014 s for the density and 0.021 s for the gradient pass in C, against 0.054 and 0.059 s
+for the compiled tiles; see benchmarks/bench_particles.py.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from . import gibbs, quadrature, vmf
+from . import gibbs, native, quadrature, vmf
 from .adam import BatchedAdam
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "gibbs_cap_mass",
     "sample_gibbs",
     "ACOS_CLAMP",
+    "kde_implementation",
 ]
 
 #: The authors clamp inner products to [-1 + 1e-6, 1 - 1e-6] before acos; so do we.
@@ -174,10 +178,25 @@ def log_kde(z: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
     """
     if z.dim() != 3 or z.shape[-1] != 3:
         raise ValueError(f"z must be [runs, M, 3], got {tuple(z.shape)}")
+    bandwidth = bandwidth.to(z.dtype).reshape(-1)
+    if bandwidth.shape[0] != z.shape[0]:
+        raise ValueError(f"one bandwidth per run: {bandwidth.shape[0]} for {z.shape[0]} runs")
+    lib = _native_library(z)
+    if lib is not None:
+        return _NativeLogKDE.apply(z, bandwidth, lib)
     size, rows, _ = _blocking(z.shape[1], z.device)
     tiles = len(rows) * z.shape[0]
     tile_chunk = tiles if z.device.type == "cuda" else max(_CHUNK_ELEMENTS // (size * size), 1)
-    return _LogKDE.apply(z, bandwidth.to(z.dtype).reshape(-1), tile_chunk)
+    return _LogKDE.apply(z, bandwidth, tile_chunk)
+
+
+def kde_implementation(device, dtype: torch.dtype) -> str:
+    """Which kernel :func:`log_kde` runs for tensors of ``device`` and ``dtype`` (for the evidence)."""
+    lib = _native_library(torch.empty(0, dtype=dtype, device=device))
+    if lib is not None:
+        return f"C pair loops ({lib.build_flags})"
+    compiled = _DENSITY.compiled is not None and os.environ.get("TORCH_COMPILE_DISABLE", "0") != "1"
+    return "tile programs under torch.compile" if compiled else "tile programs, eager"
 
 
 def cap_fraction(z: torch.Tensor, centres: torch.Tensor, radius: float) -> torch.Tensor:
@@ -394,6 +413,55 @@ class _LogKDE(torch.autograd.Function):
         parts = _tiled(_GRADIENT, (blocks, c), row_block, col_block, inv_two_h2, ctx.tile_chunk)
         grad = _per_block(parts, m, runs)  # [runs * B, 3, s]
         return grad.transpose(1, 2).reshape(runs, m, 3), None, None
+
+
+def _native_library(z: torch.Tensor):
+    """The built ``kde_pairs.c`` where it applies (float32 on the CPU), else ``None``."""
+    return _kde_pairs() if z.device.type == "cpu" and z.dtype == torch.float32 else None
+
+
+@functools.cache
+def _kde_pairs():
+    lib = native.library("kde_pairs")
+    if lib is not None:
+        p, n = ctypes.c_void_p, ctypes.c_int64
+        lib.kde_pair_sums.argtypes = (p, p, n, n, n, n, p)
+        lib.kde_pair_gradient.argtypes = (p, p, p, n, n, n, n, p)
+    return lib
+
+
+class _NativeLogKDE(torch.autograd.Function):
+    """:class:`_LogKDE`'s two passes as the C loops of ``kde_pairs.c``: the same sums, each
+    unordered pair once, on ``[runs, 3, stride]`` coordinate-major copies padded to whole
+    64-byte vectors."""
+
+    @staticmethod
+    def forward(ctx, z, bandwidth, lib):
+        runs, m, _ = z.shape
+        stride = -(-m // 16) * 16
+        coords = z.new_zeros(runs, 3, stride)
+        coords[:, :, :m] = z.detach().transpose(1, 2)
+        inv_two_h2 = (0.5 / bandwidth**2).contiguous()
+        sums = z.new_empty(runs, stride)
+        lib.kde_pair_sums(native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride,
+                          torch.get_num_threads(), native.pointer(sums))
+        rho = sums[:, :m] / m
+        ctx.save_for_backward(coords, rho, bandwidth, inv_two_h2)
+        ctx.lib = lib
+        return rho.log()
+
+    @staticmethod
+    def backward(ctx, grad_log_rho):
+        coords, rho, bandwidth, inv_two_h2 = ctx.saved_tensors
+        runs, m = rho.shape
+        stride = coords.shape[-1]
+        c = coords.new_zeros(runs, stride)
+        c[:, :m] = grad_log_rho / (m * rho) / bandwidth[:, None] ** 2
+        grad = torch.empty_like(coords)
+        ctx.lib.kde_pair_gradient(native.pointer(coords), native.pointer(c),
+                                  native.pointer(inv_two_h2), runs, m, stride,
+                                  torch.get_num_threads(), native.pointer(grad))
+        return grad[:, :, :m].transpose(1, 2), None, None
 
 
 def _tiled(program, inputs, row_block, col_block, inv_two_h2, tile_chunk):
