@@ -33,6 +33,7 @@ __all__ = [
     "mean_resultant_length",
     "vmf_log_density",
     "sample_vmf",
+    "standard_gamma",
     "sample_uniform_sphere",
     "random_mixture",
 ]
@@ -130,31 +131,11 @@ def random_mixture(shape, components: int, d: int, generator: torch.Generator, *
     return means, kappas, exponential / exponential.sum(-1, keepdim=True)
 
 
-def _standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gamma(alpha, 1) draws (Marsaglia-Tsang), elementwise, from a seeded generator.
-
-    torch's own gamma sampler takes no generator, so draws could not replay from a seed.
-    """
-    boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
-    a = torch.where(boost, alpha + 1, alpha)
-    d = a - 1.0 / 3.0
-    c = 1.0 / torch.sqrt(9.0 * d)
-    out = torch.empty_like(a)
-    pending = torch.ones_like(a, dtype=torch.bool)
-    while pending.any():
-        idx = pending.nonzero(as_tuple=True)
-        z = torch.randn(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
-        u = torch.rand(idx[0].shape, generator=generator, dtype=a.dtype, device=a.device)
-        v = (1 + c[idx] * z) ** 3
-        log_v = torch.log(v.clamp_min(1e-300))
-        ok = (v > 0) & (torch.log(u) < 0.5 * z**2 + d[idx] - d[idx] * v + d[idx] * log_v)
-        sel = tuple(i[ok] for i in idx)
-        out[sel] = (d[idx] * v)[ok]
-        pending[sel] = False
-    if boost.any():
-        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
-        out = torch.where(boost, out * u ** (1.0 / alpha), out)
-    return out
+def standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(alpha, 1) draws, elementwise, from a seeded generator: torch's own sampler
+    (Marsaglia-Tsang; the one ``torch.distributions.Gamma`` calls), which unlike the
+    distribution object takes the generator, so draws replay from a seed on either device."""
+    return torch._standard_gamma(alpha, generator=generator)
 
 
 def _wood_cosines(kappa: torch.Tensor, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -169,8 +150,8 @@ def _wood_cosines(kappa: torch.Tensor, d: int, generator: torch.Generator) -> to
     half = torch.full_like(kappa, dm1 / 2)
     while pending.any():
         idx = pending.nonzero(as_tuple=True)
-        g1 = _standard_gamma(half[idx], generator)
-        g2 = _standard_gamma(half[idx], generator)
+        g1 = standard_gamma(half[idx], generator)
+        g2 = standard_gamma(half[idx], generator)
         z = g1 / (g1 + g2)  # Beta((d-1)/2, (d-1)/2)
         bi, x0i, ci, ki = b[idx], x0[idx], c[idx], kappa[idx]
         w = (1 - (1 + bi) * z) / (1 - (1 - bi) * z)

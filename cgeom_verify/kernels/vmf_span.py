@@ -28,7 +28,7 @@ __all__ = ["sample_vmf_span", "chi_square"]
 def chi_square(dof: float, shape, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
     """Chi-square draws with ``dof`` degrees of freedom: ``2 Gamma(dof/2, 1)``."""
     alpha = torch.full(tuple(shape), dof / 2.0, dtype=dtype, device=generator.device)
-    return 2.0 * vmf._standard_gamma(alpha, generator)
+    return 2.0 * vmf.standard_gamma(alpha, generator)
 
 
 def sample_vmf_span(mean: torch.Tensor, kappa, n: int, d: int,
