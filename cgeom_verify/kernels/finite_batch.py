@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import clip_toy, partition, vmf
+from . import clip_toy, memo, partition, vmf
 from .adam import BatchedAdam
 
 __all__ = [
@@ -456,6 +456,34 @@ def _permute_within(values: np.ndarray, rows: np.ndarray, keys, rng) -> np.ndarr
     return out
 
 
+@memo.seeded_memo
+def _train_runs(data, runs, encoders: int, optimisers, steps: int, tau: float, points: int, window,
+                secret_batch, *, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train every ``(optimiser, batch (0: population), sigma, seed)`` of ``runs`` at once from
+    per-seed identical encoders (``encoders`` drawn, one per seed); their exact final gaps and
+    window-mean gaps. Replayed (:mod:`.memo`) for the sweep's controls, which relabel the
+    same runs; hence read-only."""
+    device = generator.device
+    start = clip_toy.initial_weights(encoders, generator, identical=True)
+    weights = start[:, [k for *_, k in runs]]
+    sigma = torch.tensor([s for _, _, s, _ in runs], dtype=torch.float64, device=device)
+    length, every, cells = window
+    recorded = []
+
+    def observe(step, w):
+        if step > steps - length and (steps - step) % every == 0:
+            recorded.append(exact_gap(data, w, sigma, cells))
+
+    trained = train_toy(data, sigma, weights, [optimisers[o] for o, *_ in runs],
+                        [b for _, b, _, _ in runs], steps=steps, generator=generator, tau=tau,
+                        points=points, secret_batch=secret_batch,
+                        observe=observe if length else None)
+    gap = exact_gap(data, trained, sigma).cpu().numpy()
+    window_gap = torch.stack(recorded).mean(0).cpu().numpy() if recorded else gap.copy()
+    gap.flags.writeable = window_gap.flags.writeable = False
+    return gap, window_gap
+
+
 @dataclass(frozen=True)
 class FiniteBatchToy:
     """The Fig. 5 toy trained at finite batch, with the switches its controls flip.
@@ -481,24 +509,13 @@ class FiniteBatchToy:
         over every ``every``-th step of the last ``length`` (quadrature on ``cells``; zero
         length: the final gap)."""
         population = range(len(optimisers)) if population is None else population
-        runs = [(o, b, s, k) for o in range(len(optimisers)) for b in (0, *batches) for s in sigmas
-                for k in range(seeds if b else population_seeds if o in population else 0)]
+        runs = tuple((o, b, s, k) for o in range(len(optimisers)) for b in (0, *batches)
+                     for s in sigmas
+                     for k in range(seeds if b else population_seeds if o in population else 0))
+        gap, window_gap = _train_runs(data, runs, max(seeds, population_seeds), tuple(optimisers),
+                                      steps, tau, points, tuple(window), self.secret_batch,
+                                      generator=generator)
         device = generator.device
-        start = clip_toy.initial_weights(max(seeds, population_seeds), generator, identical=True)
-        weights = start[:, [k for *_, k in runs]]
-        sigma = torch.tensor([s for _, _, s, _ in runs], dtype=torch.float64, device=device)
-        length, every, cells = window
-        recorded = []
-
-        def observe(step, w):
-            if step > steps - length and (steps - step) % every == 0:
-                recorded.append(exact_gap(data, w, sigma, cells))
-
-        trained = train_toy(data, sigma, weights, [optimisers[o] for o, *_ in runs],
-                            [b for _, b, _, _ in runs], steps=steps, generator=generator, tau=tau,
-                            points=points, secret_batch=self.secret_batch,
-                            observe=observe if length else None)
-        gap = exact_gap(data, trained, sigma).cpu().numpy()
         table = np.asarray([r[:3] for r in runs], dtype=np.float64)
         labels, batch = table[:, 2], table[:, 1].astype(int)
         if self.shuffle_sigma or self.shuffle_batch:
@@ -509,5 +526,4 @@ class FiniteBatchToy:
             if self.shuffle_batch:
                 batch = _permute_within(batch, finite, (table[:, 0], labels), rng)
         return ToySweep(optimiser=table[:, 0].astype(int), batch=batch, sigma=labels,
-                        seed=np.asarray([k for *_, k in runs]), gap=gap,
-                        window_gap=torch.stack(recorded).mean(0).cpu().numpy() if recorded else gap)
+                        seed=np.asarray([k for *_, k in runs]), gap=gap, window_gap=window_gap)
