@@ -143,3 +143,21 @@ def test_chromium_shows_the_verdict_and_every_image(rendered, tmp_path):
     # on white) and its orange theory line (#ff7f0e)
     assert pixels_near((199, 221, 236)) > 3000
     assert pixels_near((0xFF, 0x7F, 0x0E)) > 200
+
+
+def test_figures_drawn_by_child_processes_equal_those_drawn_here(monkeypatch):
+    """Where there are enough figures they are split over child interpreters; the PNGs are
+    the ones this process draws, in order, and a child that fails leaves its share here."""
+    spec = {"title": "t", "xlabel": "x", "ylabel": "y", "xscale": "linear", "yscale": "log"}
+    tasks = [(report._plot_figure, {**spec, "series": [{"label": f"s{k}", "x": [1, 2, 3],
+                                                        "y": [1, k + 2, 0.5]}]})
+             for k in range(5)]
+    tasks.append((report._plot_figure, {**spec, "series": [{"label": "bad", "style": "?",
+                                                            "x": [1], "y": [1]}]}))
+    here = [report._draw(task) for task in tasks]
+    assert here[-1][0] is None and "unknown style" in here[-1][1]
+    monkeypatch.setattr(report, "_FIGURES_PER_PROCESS", 2)
+    monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert report._draw_all(tasks) == here
+    monkeypatch.setattr(report, "_DRAWING_CHILD", "raise SystemExit(3)")
+    assert report._draw_all(tasks) == here
