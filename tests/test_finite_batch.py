@@ -246,9 +246,10 @@ def test_secret_batch_makes_population_runs_stochastic():
 
 
 def test_sweep_window_population_subset_and_batch_shuffle():
-    """The window's gap is the mean of the gaps at its steps (replayed by hand, 4096 cells against
-    the sweep's WINDOW_CELLS); population runs only for the optimisers asked; the batch-label control
-    permutes B within each (optimiser, sigma) and leaves the gaps where they were."""
+    """The window's gap is the mean of the gaps at its steps (replayed by hand: the sweep's seed
+    drawn from its generator, its WINDOW_CELLS); population runs only for the optimisers asked;
+    the batch-label control permutes B within each (optimiser, sigma) and leaves the gaps where
+    they were."""
     from dataclasses import replace
 
     from cgeom_verify.kernels import clip_toy
@@ -263,19 +264,19 @@ def test_sweep_window_population_subset_and_batch_shuffle():
     # replay: same generator, same run layout, gaps recorded at steps 9 and 12
     runs = [(o, b, s, k) for o in range(2) for b in (0, 8, 16) for s in (0.2, 0.5)
             for k in range(3 if b else 2 if o == 1 else 0)]
-    g = _gen(4)
+    g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=_gen(4))))
     start = clip_toy.initial_weights(3, g, identical=True)
     sigma = torch.tensor([r[2] for r in runs], dtype=torch.float64, device=CPU)
     seen = []
 
     def observe(step, w):
         if step in (9, 12):
-            seen.append(fb.exact_gap(data, w, sigma))
+            seen.append(fb.exact_gap(data, w, sigma, fb.WINDOW_CELLS))
 
-    fb.train_toy(data, sigma, start[:, [r[3] for r in runs]], [opts[r[0]] for r in runs],
-                 [r[1] for r in runs], steps=12, generator=g, points=32, observe=observe)
+    final = fb.train_toy(data, sigma, start[:, [r[3] for r in runs]], [opts[r[0]] for r in runs],
+                         [r[1] for r in runs], steps=12, generator=g, points=32, observe=observe)
     np.testing.assert_allclose(sweep.window_gap, torch.stack(seen).mean(0).numpy(), rtol=1e-11)
-    np.testing.assert_allclose(sweep.gap, seen[-1].numpy(), rtol=1e-11)
+    np.testing.assert_allclose(sweep.gap, fb.exact_gap(data, final, sigma).numpy(), rtol=1e-11)
     shuffled = fb.FiniteBatchToy(shuffle_batch=True).sweep(*args, generator=_gen(4), **kwargs)
     np.testing.assert_array_equal(shuffled.gap, sweep.gap)
     assert shuffled.batch.tolist() != sweep.batch.tolist()

@@ -168,28 +168,3 @@ def test_gibbs_density_normalised_and_partition():
                                          0.5, weights)
     assert math.isclose(log_z.item(), -4.0, abs_tol=1e-13)
 
-
-def test_seeded_memo_replays_the_result_and_the_generator_state():
-    from cgeom_verify.kernels import memo
-
-    calls = []
-
-    @memo.seeded_memo
-    def draw(n, *, generator, scale=1.0):
-        calls.append(n)
-        return scale * torch.rand(n, generator=generator, dtype=torch.float64)
-
-    first_gen, again_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    first = draw(3, generator=first_gen)
-    again = draw(3, generator=again_gen)
-    assert again is first and calls == [3]
-    # what follows draws the same numbers as after a real computation
-    assert torch.equal(torch.rand(2, generator=again_gen), torch.rand(2, generator=first_gen))
-    # another generator state, argument or keyword computes afresh
-    draw(3, generator=first_gen)
-    draw(4, generator=torch.Generator().manual_seed(5))
-    draw(4, generator=torch.Generator().manual_seed(5), scale=2.0)
-    assert calls == [3, 3, 4, 4]
-    # the last few calls are kept, not only the last one
-    draw(3, generator=torch.Generator().manual_seed(5))
-    assert calls == [3, 3, 4, 4]

@@ -46,13 +46,14 @@ its gaps (:class:`ToySweep`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from . import clip_toy, memo, partition, vmf
+from . import clip_toy, partition, vmf
 from .adam import BatchedAdam
 
 __all__ = [
@@ -456,14 +457,15 @@ def _permute_within(values: np.ndarray, rows: np.ndarray, keys, rng) -> np.ndarr
     return out
 
 
-@memo.seeded_memo
+@functools.lru_cache(maxsize=4)
 def _train_runs(data, runs, encoders: int, optimisers, steps: int, tau: float, points: int, window,
-                secret_batch, *, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+                secret_batch, seed: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Train every ``(optimiser, batch (0: population), sigma, seed)`` of ``runs`` at once from
-    per-seed identical encoders (``encoders`` drawn, one per seed); their exact final gaps and
-    window-mean gaps. Replayed (:mod:`.memo`) for the sweep's controls, which relabel the
-    same runs; hence read-only."""
-    device = generator.device
+    per-seed identical encoders (``encoders`` drawn, one per seed), from the random stream
+    ``seed``; their exact final gaps and window-mean gaps. Cached: the sweep's controls relabel
+    the same runs (hence read-only)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
     start = clip_toy.initial_weights(encoders, generator, identical=True)
     weights = start[:, [k for *_, k in runs]]
     sigma = torch.tensor([s for _, _, s, _ in runs], dtype=torch.float64, device=device)
@@ -512,10 +514,11 @@ class FiniteBatchToy:
         runs = tuple((o, b, s, k) for o in range(len(optimisers)) for b in (0, *batches)
                      for s in sigmas
                      for k in range(seeds if b else population_seeds if o in population else 0))
-        gap, window_gap = _train_runs(data, runs, max(seeds, population_seeds), tuple(optimisers),
-                                      steps, tau, points, tuple(window), self.secret_batch,
-                                      generator=generator)
         device = generator.device
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
+        gap, window_gap = _train_runs(data, runs, max(seeds, population_seeds), tuple(optimisers),
+                                      steps, tau, points, tuple(window), self.secret_batch, seed,
+                                      device)
         table = np.asarray([r[:3] for r in runs], dtype=np.float64)
         labels, batch = table[:, 2], table[:, 1].astype(int)
         if self.shuffle_sigma or self.shuffle_batch:
