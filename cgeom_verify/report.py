@@ -49,8 +49,8 @@ from pathlib import Path
 from . import certificate
 from .text import clip
 
-__all__ = ["HTML_NAME", "FIGURES_DIR", "Image", "margin", "render_images", "render_html",
-           "write_reports"]
+__all__ = ["HTML_NAME", "FIGURES_DIR", "Drawings", "Image", "margin", "render_drawings",
+           "render_html", "write_reports"]
 
 HTML_NAME = "certificate.html"
 FIGURES_DIR = "figures"
@@ -197,8 +197,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "x"
 
 
-def render_images(cert: dict) -> dict[tuple[str, str | None], list[Image]]:
-    """Every plot of the certificate, keyed by (claim id, item key) or (claim id, None).
+@dataclass(frozen=True)
+class Drawings:
+    """A certificate's plots, keyed by (claim id, item key) or (claim id, None), and its
+    obligations' formulas as PNGs (None where mathtext cannot parse SymPy's LaTeX)."""
+
+    images: dict[tuple[str, str | None], list[Image]]
+    formulas: dict[str, bytes | None]
+
+
+def render_drawings(cert: dict) -> Drawings:
+    """Every plot and formula of the certificate, drawn in one round (:func:`_draw_all`).
 
     A figure that cannot be drawn (bad scale for its data, unknown style) becomes an
     :class:`Image` with ``error`` set: the report says so; the verdict is untouched,
@@ -213,17 +222,19 @@ def render_images(cert: dict) -> dict[tuple[str, str | None], list[Image]]:
             for spec in item.get("records", {}).get("figures", []):
                 key = (claim["id"], f"{item['kind']}: {item['name']}")
                 jobs.append((key, spec["title"], _plot_figure, spec))
-    if not jobs:
-        return {}
-    drawn = _draw_all([(draw, data) for _, _, draw, data in jobs])
+    formulas = sorted({_latex(d) for claim in cert["claims"] for ob in claim["obligations"]
+                       for d in ob.get("derivations", [])})
+    drawn = _draw_all([(draw, data) for _, _, draw, data in jobs]
+                      + [(_formula, latex) for latex in formulas])
     images: dict[tuple[str, str | None], list[Image]] = {}
-    for number, ((key, title, _, _), (png, error)) in enumerate(zip(jobs, drawn, strict=True), 1):
+    for number, ((key, title, _, _), (png, error)) in enumerate(zip(jobs, drawn[:len(jobs)], strict=True), 1):
         file = f"{number:03d}-{_slug(key[0])}-{_slug(title)}.png"
         images.setdefault(key, []).append(Image(title, file, png, error))
-    return images
+    return Drawings(images, {latex: png for latex, (png, _) in
+                             zip(formulas, drawn[len(jobs):], strict=True)})
 
 
-#: figures per drawing process: each is a fresh interpreter (the package and matplotlib
+#: drawings per drawing process: each is a fresh interpreter (the package and matplotlib
 #: imported: ~3 s), which ~16 figures at ~0.25 s each pay back.
 _FIGURES_PER_PROCESS = 16
 _DRAWING_CHILD = "import cgeom_verify.report as r; r._draw_piped()"
@@ -231,7 +242,8 @@ _DRAWING_CHILD = "import cgeom_verify.report as r; r._draw_piped()"
 
 def _draw_all(tasks: list) -> list[tuple[bytes | None, str | None]]:
     """Every ``(draw, data)`` task drawn, in order: split over child interpreters where there
-    are enough (a full certificate has ~100 figures: ~25 s of matplotlib in one process).
+    are enough (a quick certificate has ~100 plots and ~70 formulas: ~30 s of matplotlib in
+    one process).
     Plain child processes fed by pipes, not multiprocessing: its spawn re-runs the parent's
     ``__main__`` (a user's script), and a fork would copy torch's and execnet's threads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -287,6 +299,15 @@ def _pyplot():
 
 # SymPy LaTeX that mathtext does not know, and what it can read instead.
 _MATHTEXT_FIXES = ((r"\limits", ""), (r"\displaystyle", ""), (r"\operatorname", r"\mathrm"))
+
+
+def _latex(derivation: dict) -> str:
+    d = derivation
+    return f"{d['lhs_latex']} {certificate.LATEX_RELATION[d['relation']]} {d['rhs_latex']}"
+
+
+def _formula(plt, latex: str) -> bytes | None:  # a drawing task (plt: imported already)
+    return _math_png(latex)
 
 
 def _math_png(latex: str) -> bytes | None:
@@ -377,12 +398,9 @@ def _figures(images: list[Image]) -> str:
     return "".join(out)
 
 
-def _derivation(d: dict, math_cache: dict) -> str:
-    latex = f"{d['lhs_latex']} {certificate.LATEX_RELATION[d['relation']]} {d['rhs_latex']}"
-    if latex not in math_cache:
-        math_cache[latex] = _math_png(latex)
+def _derivation(d: dict, formulas: dict) -> str:
     text = f"{d['lhs']} {d['relation']} {d['rhs']}"
-    png = math_cache[latex]
+    png = formulas[_latex(d)]
     shown = _img(png, text, 100 / _MATH_DPI) if png else f"<code>{_e(text)}</code>"
     verdict = "proven" if d["proven"] else f"NOT proven, residual <code>{_e(d['residual'])}</code>"
     return f'<div class="math">{_e(d["statement"])}: {verdict}<br>{shown}</div>'
@@ -446,7 +464,7 @@ def _run_item(item: dict, images: list[Image]) -> str:
     return "".join(out)
 
 
-def _claim_section(claim: dict, images: dict, math_cache: dict) -> str:
+def _claim_section(claim: dict, images: dict, formulas: dict) -> str:
     cid = claim["id"]
     out = [f'<section id="claim-{_e(cid)}"><h2>{_e(cid)} — {_e(claim["reference"])} '
            f"{_badge(claim['verdict'])}</h2><p>{_e(claim['statement'])}</p>"]
@@ -460,7 +478,7 @@ def _claim_section(claim: dict, images: dict, math_cache: dict) -> str:
         out.append(f'<div class="item"><h3>obligation: {_e(ob["name"])} {_badge(ob["verdict"])}</h3>')
         if ob.get("error"):
             out.append(f'<p class="problem">{_e(ob["error"])}</p>')
-        out += [_derivation(d, math_cache) for d in ob.get("derivations", [])]
+        out += [_derivation(d, formulas) for d in ob.get("derivations", [])]
         out.append("</div>")
     for item in (*claim["checks"], *claim["controls"]):
         out.append(_run_item(item, images.get((cid, f"{item['kind']}: {item['name']}"), [])))
@@ -481,9 +499,9 @@ def _summary_table(cert: dict) -> str:
             + "".join(rows) + "</table>")
 
 
-def render_html(cert: dict, images: dict | None = None) -> str:
+def render_html(cert: dict, drawings: Drawings | None = None) -> str:
     """The whole report as one HTML page with every image embedded."""
-    images = render_images(cert) if images is None else images
+    drawings = render_drawings(cert) if drawings is None else drawings
     env = cert["environment"]
     git = env["git"]
     versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
@@ -513,8 +531,7 @@ def render_html(cert: dict, images: dict | None = None) -> str:
                   *(f'<p class="meta">{_e(line)}</p>' for line in certificate.audit_lines(cert))]
     if cert["claims"]:
         parts.append(_summary_table(cert))
-    math_cache: dict[str, bytes | None] = {}
-    parts += [_claim_section(claim, images, math_cache) for claim in cert["claims"]]
+    parts += [_claim_section(claim, drawings.images, drawings.formulas) for claim in cert["claims"]]
     parts += [f'<p class="meta" style="margin-top:32px">cgeom-verify '
               f"{_e(env['packages'].get('cgeom-verify'))}, certificate schema "
               f'{cert["schema_version"]}. <span id="images-status">images not counted '
@@ -553,11 +570,12 @@ def write_reports(cert: dict, directory: str | Path) -> None:
     directory = Path(directory)
     validate(cert, "certificate to write")
     text = json.dumps(cert, indent=2, allow_nan=True) + "\n"
-    images = render_images(cert)
+    drawings = render_drawings(cert)
+    images = drawings.images
     links = {key: [(i.title, f"{FIGURES_DIR}/{i.file}") for i in group if i.png is not None]
              for key, group in images.items()}
     markdown = certificate.render_markdown(cert, links)
-    page = render_html(cert, images)
+    page = render_html(cert, drawings)
     directory.mkdir(parents=True, exist_ok=True)
     if images or (directory / FIGURES_DIR).exists():
         _replace_figures(directory, images)
