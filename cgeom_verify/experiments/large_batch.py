@@ -501,23 +501,46 @@ class Simulation:
     #: its block means per batch size, (1/N) sum_j (kappa_j/Gamma)(w_j - g)   [G, R, r]
     linear: np.ndarray | None
 
-    def pooled_with(self, more: Simulation) -> Simulation:
-        """This run's replicates followed by ``more``'s (same setting and batch sizes)."""
-        def join(a, b, axis):
-            return None if a is None else np.concatenate([a, b], axis=axis)
+    @staticmethod
+    def pooled(parts: list[Simulation]) -> Simulation:
+        """The replicates of ``parts``, in order (same setting and batch sizes)."""
+        def join(field, axis):
+            values = [getattr(part, field) for part in parts]
+            return None if values[0] is None else np.concatenate(values, axis=axis)
 
         return Simulation(
-            error=join(self.error, more.error, 1), delta=join(self.delta, more.delta, 2),
-            relative_kernels=tuple(np.concatenate(pair) for pair in
-                                   zip(self.relative_kernels, more.relative_kernels, strict=True)),
-            gradient=join(self.gradient, more.gradient, 1),
-            tilted_residuals=join(self.tilted_residuals, more.tilted_residuals, 0),
-            linear=join(self.linear, more.linear, 1))
+            error=join("error", 1), delta=join("delta", 2),
+            relative_kernels=tuple(np.concatenate(kernels) for kernels in
+                                   zip(*(part.relative_kernels for part in parts), strict=True)),
+            gradient=join("gradient", 1), tilted_residuals=join("tilted_residuals", 0),
+            linear=join("linear", 1))
+
+    def pooled_with(self, more: Simulation) -> Simulation:
+        """This run's replicates followed by ``more``'s."""
+        return Simulation.pooled([self, more])
+
+
+#: Negatives per direction drawn and differentiated at once: a design's replicates are
+#: simulated in blocks of at most this many draws. The whole budget at once (full profile: ~2e7
+#: draws per direction, ~1 KB of sampler and autograd intermediates each) took more than the
+#: 24 GiB of the development machine, and the kernel killed the worker. thm4.1-value's full
+#: check alone: 2^21 peaked at 9.3 GiB resident (463 s), 2^19 at ~6 GiB (489 s).
+BLOCK_DRAWS = 2**19
 
 
 def simulate(run, setting: BatchSetting, prediction: Prediction, sizes, replicates: int,
              generator, *, gradient: bool) -> Simulation:
-    """All batch sizes and replicates of one setting as one batched program, in span coordinates."""
+    """All batch sizes and replicates of one setting, in span coordinates: one batched program
+    per block of replicates (:data:`BLOCK_DRAWS`)."""
+    block = max(1, BLOCK_DRAWS // sum(sizes))
+    return Simulation.pooled([
+        _simulate_block(run, setting, prediction, sizes, min(block, replicates - start), generator,
+                        gradient=gradient)
+        for start in range(0, replicates, block)])
+
+
+def _simulate_block(run, setting: BatchSetting, prediction: Prediction, sizes, replicates: int,
+                    generator, *, gradient: bool) -> Simulation:
     subject, tau, d = run.subject, setting.tau, setting.d
     r = min(d, SPAN)
     total = sum(sizes)
