@@ -19,17 +19,25 @@ def _run():
                     profile="quick", device=torch.device("cpu"))
 
 
-def test_pooled_replicates_keep_every_axis():
+def test_pooled_replicates_keep_every_axis(monkeypatch):
     run, prediction = _run(), lb.predict(lb.SPOT)
     sizes = (4, 8)
     a = lb.simulate(run, lb.SPOT, prediction, sizes, 3, run.generator(0), gradient=True)
     b = lb.simulate(run, lb.SPOT, prediction, sizes, 2, run.generator(0), gradient=True)
-    both = a.pooled_with(b)
+    both = lb.Simulation.pooled([a, b])
     assert both.error.shape == (2, 5) and both.delta.shape[-1] == 5
     assert both.relative_kernels[0].shape[0] == 5 and both.tilted_residuals.shape[0] == 5
     assert both.gradient.shape[:2] == (2, 5) and both.linear.shape[:2] == (2, 5)
     np.testing.assert_array_equal(both.error[:, 3:], b.error)
     np.testing.assert_array_equal(both.gradient[:, :3], a.gradient)
+    # a design larger than BLOCK_DRAWS runs as blocks of whole replicates (here 2, 2, 1), pooled
+    monkeypatch.setattr(lb, "BLOCK_DRAWS", 2 * sum(sizes))
+    blocked = lb.simulate(run, lb.SPOT, prediction, sizes, 5, run.generator(0), gradient=True)
+    generator = run.generator(0)
+    parts = [lb._simulate_block(run, lb.SPOT, prediction, sizes, k, generator, gradient=True)
+             for k in (2, 2, 1)]
+    np.testing.assert_array_equal(blocked.error, lb.Simulation.pooled(parts).error)
+    np.testing.assert_array_equal(blocked.gradient, lb.Simulation.pooled(parts).gradient)
 
 
 def test_top_up_draws_only_what_the_dispersion_asks():

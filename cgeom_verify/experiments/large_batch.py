@@ -429,8 +429,8 @@ def top_up(run, setting: BatchSetting, prediction: Prediction, plan: Design, sim
     # control cost the whole budget at each octave.
     if extra <= 0 or needed > max_replicates(run, setting, prediction, plan.sizes):
         return sim, constants
-    sim = sim.pooled_with(simulate(run, setting, prediction, plan.sizes, extra, generator,
-                                   gradient=gradient))
+    sim = Simulation.pooled([sim, simulate(run, setting, prediction, plan.sizes, extra, generator,
+                                           gradient=gradient)])
     return sim, constants_of(sim)
 
 
@@ -514,10 +514,6 @@ class Simulation:
                                    zip(*(part.relative_kernels for part in parts), strict=True)),
             gradient=join("gradient", 1), tilted_residuals=join("tilted_residuals", 0),
             linear=join("linear", 1))
-
-    def pooled_with(self, more: Simulation) -> Simulation:
-        """This run's replicates followed by ``more``'s."""
-        return Simulation.pooled([self, more])
 
 
 #: Negatives per direction drawn and differentiated at once: a design's replicates are

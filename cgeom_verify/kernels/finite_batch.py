@@ -481,7 +481,7 @@ def _train_runs(data, runs, encoders: int, optimisers, steps: int, tau: float, p
                         points=points, secret_batch=secret_batch,
                         observe=observe if length else None)
     gap = exact_gap(data, trained, sigma).cpu().numpy()
-    window_gap = torch.stack(recorded).mean(0).cpu().numpy() if recorded else gap.copy()
+    window_gap = torch.stack(recorded).mean(0).cpu().numpy() if recorded else gap
     gap.flags.writeable = window_gap.flags.writeable = False
     return gap, window_gap
 
