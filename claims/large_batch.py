@@ -275,16 +275,18 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     rate = run.decision_false_fail_rate(decisions)
     margins = experiment.value_margins(run, prediction)
     generator = run.generator(i)
-    pilot_plan, pilot = experiment.pilot_run(run, setting, prediction, generator, gradient=False)
-    tests = []
     # kernel volume at 1/tau against an independent quadrature: an additive error in log V_d
     # cancels between the centring and J, so no Monte Carlo decision could see it.
     quad, quad_bound = experiment.log_volume_quadrature(setting.d, 1.0 / setting.tau)
     volume = float(vmf.log_kernel_volume(setting.d, 1.0 / setting.tau))
-    tests.append(stats.within_precision(
+    tests = [stats.within_precision(
         "log V_d(1/tau): Bessel form = 1-D quadrature", volume, quad,
         quad_bound * abs(quad) + 1e-10 * max(1.0, abs(quad)), example=i,
-        note="quad's error estimate plus the Bessel form's 1e-10 relative accuracy"))
+        note="quad's error estimate plus the Bessel form's 1e-10 relative accuracy")]
+    piloted = experiment.pilot_run(run, i, setting, prediction, generator, gradient=False)
+    if piloted is None:
+        return tests
+    pilot_plan, pilot = piloted
     # Premise of the control variate, E[kappa/Gamma] = 1 under the negatives' law, decided on
     # the main run's draws (the pilot's when there is none, or when they already reject it).
     def premise(source, label):
@@ -344,7 +346,10 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     rel = run.relative_discrepancy
     margins = (rel * prediction.gradient_mse, rel * prediction.cosine_gap)
     generator = run.generator(i)
-    pilot_plan, pilot = experiment.pilot_run(run, setting, prediction, generator, gradient=True)
+    piloted = experiment.pilot_run(run, i, setting, prediction, generator, gradient=True)
+    if piloted is None:
+        return []
+    pilot_plan, pilot = piloted
     tau = setting.tau
     target = prediction.gradient
     # Premise: the kernel-weighted mean of the negatives is the oracle's tilted mean g(z),

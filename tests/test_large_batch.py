@@ -103,3 +103,26 @@ def test_a_premise_the_pilot_rejects_ends_the_setting_before_any_main_run():
         assert premises and any(t.decide(1e-3).outcome == "FAIL" for t in premises)
         assert all(t in premises or "quadrature" in t.name for t in tests)
         assert not run.records and all("pilot draws" in t.note for t in premises)
+
+
+def _no_draws(*args, **kwargs):
+    raise AssertionError("a pilot beyond the budget was drawn")
+
+
+def test_a_pilot_beyond_the_budget_draws_nothing(monkeypatch):
+    """Every main run draws at least the pilot's replicates on its grid: a setting where the
+    pilot does not fit is not applicable before any draw (it was 64 replicates where 5 fit)."""
+    prediction = lb.predict(lb.SPOT)
+    fit, records = lb.grid(prediction.scale)
+    cost = sum(fit + records) * lb._unit_cost(lb.SPOT, 1)
+    monkeypatch.setattr(lb, "COST_CAP", lb.Profiled(quick=(lb.PILOT_REPLICATES - 1) * cost,
+                                                    full=(lb.PILOT_REPLICATES - 1) * cost))
+    monkeypatch.setattr(lb, "simulate", _no_draws)
+    for tests_of in (value_tests, gradient_tests):
+        run = _run()
+        tests = tests_of(run, 0, lb.SPOT, 4)
+        assert all("quadrature" in t.name for t in tests) and not run.records
+        (record,) = run.outside_assumptions
+        assert record["reason"].startswith(f"the pilot needs {lb.PILOT_REPLICATES} replicates at "
+                                           f"N0 = {fit[0]}")
+        assert f"{lb.PILOT_REPLICATES - 1} fit the quick budget" in record["reason"]

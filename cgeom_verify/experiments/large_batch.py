@@ -391,14 +391,14 @@ def max_replicates(run, setting: BatchSetting, prediction: Prediction, sizes) ->
 
 
 def design(run, i: int, setting: BatchSetting, prediction: Prediction, needed: float,
-           octave: int = 0, moves=()) -> Design | None:
+           octave: int = 0, moves=(), purpose: str = "the designed power") -> Design | None:
     """The grid ``octave`` octaves up with ``needed`` replicates; None (recorded not
     applicable, with the ``moves`` that led there) when that exceeds the budget."""
     fit, records = grid(prediction.scale, octave)
     affordable = max_replicates(run, setting, prediction, records + fit)
     if needed > affordable:
         run.not_applicable(
-            f"the designed power needs {needed} replicates at N0 = {fit[0]} (scale "
+            f"{purpose} needs {needed} replicates at N0 = {fit[0]} (scale "
             f"{prediction.scale:.3g}); {affordable} fit the {run.profile} budget"
             + "".join(f"; {move}" for move in moves), example=i)
         return None
@@ -441,12 +441,18 @@ def rejected(run, premise: list, decision_rate: float) -> bool:
     return stats.rejects(premise, decision_rate, run.false_pass_rate)
 
 
-def pilot_run(run, setting: BatchSetting, prediction: Prediction, generator, *,
-              gradient: bool) -> tuple[Design, Simulation]:
+def pilot_run(run, i: int, setting: BatchSetting, prediction: Prediction, generator, *,
+              gradient: bool) -> tuple[Design, Simulation] | None:
     """The pilot: PILOT_REPLICATES replicates on the first grid, drawn to measure the
-    dispersion the design needs (and to decide the premises when no main run follows)."""
-    fit, records = grid(prediction.scale)
-    plan = Design(fit, records, PILOT_REPLICATES)
+    dispersion the design needs (and to decide the premises when no main run follows).
+
+    None (recorded not applicable) when the pilot itself exceeds the budget: every main run
+    draws at least as many replicates on that grid (:func:`main_run`), so none could follow,
+    and such a pilot was the costliest part of its check (full profile, thm4.1-value: scale
+    4e4, N0 = 2^18, 64 replicates where 5 fit, ~320 s in each of four items)."""
+    plan = design(run, i, setting, prediction, PILOT_REPLICATES, purpose="the pilot")
+    if plan is None:
+        return None
     return plan, simulate(run, setting, prediction, plan.sizes, PILOT_REPLICATES, generator,
                           gradient=gradient)
 
