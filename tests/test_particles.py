@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,35 @@ def test_reproduction_trains_the_reported_taus_first_coldest_first():
     # The coldest reported tau is where a wrong subject shows first; the rest come last.
     assert experiment.reproduction_stages((10.0, 5.0, 1.0, 0.5, 0.1)) == [
         (0.1,), (1.0,), (10.0,), (5.0, 0.5)]
+
+
+def test_surrogate_grid_trains_the_cheapest_particle_count_first_and_can_stop():
+    # full: M = 192 (3 cells x 17 seeds) before 768 (41 seeds) before 384 (~1100 seeds)
+    plan = {(0.1, 0.35, 192): 17, (0.1, 0.11, 192): 17, (0.1, 0.35, 768): 15,
+            (0.1, 0.11, 768): 13, (0.1, 0.35, 384): 15, (10.0, 0.35, 384): 522}
+    assert experiment.grid_stages(plan) == [192, 768, 384]
+
+    class Trained:
+        def __init__(self):
+            self.counts = []
+
+        def cap_fractions(self, tau, bandwidth, num_particles, steps, generator):
+            self.counts.append(num_particles)
+            return np.full(len(tau), 0.5)
+
+    from cgeom_verify.claim import CheckRun
+
+    subject = Trained()
+    run = CheckRun(settings=[None], seeds=[1], check_seed=1, subject=subject, profile="quick",
+                   device=torch.device("cpu"))
+    design = experiment.Design(particles=384, steps=1, seeds=2)
+    seen = []
+    cells = experiment.train_grid(run, design, plan, stop=lambda so_far: seen.append(dict(so_far)))
+    assert subject.counts == [192, 768, 384] and len(cells) == len(plan)
+    assert [len(c) for c in seen] == [2, 4]  # asked after every stage but the last
+    subject.counts.clear()
+    cells = experiment.train_grid(run, design, plan, stop=lambda so_far: True)
+    assert subject.counts == [192] and sorted(cells) == [(0.1, 0.11, 192), (0.1, 0.35, 192)]
 
 
 def test_training_replays_the_authors_loop():
