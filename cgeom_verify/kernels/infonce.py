@@ -37,8 +37,9 @@ def rbf_critic(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     Expanded, ``(2 <z, w> - |z|^2 - |w|^2)/d`` is one matmul of augmented vectors
     ``[z, |z|^2, 1] . [2w, -1, -|w|^2]/d``: the ``[..., B, N]`` scores are written once, and
-    their backward is two matmuls, with no elementwise pass over them (1.8x on the encoder
-    gradient checks, where B x N dominates)."""
+    their backward is two matmuls, with no elementwise pass over them (the encoder gradient
+    checks, where B x N dominates: 1.44 -> 0.80 s per 256 replicates at d = m = 2, B = 13,
+    N = 4096)."""
     d = z.shape[-1]
     z2, w2 = (z * z).sum(-1, keepdim=True), (w * w).sum(-1, keepdim=True)
     left = torch.cat([z, z2, torch.ones_like(z2)], dim=-1)
