@@ -83,3 +83,16 @@ def test_calibration_counts_verdicts_over_seeds(toy_root, tmp_path, capsys, monk
     assert json.loads((tmp_path / "cal" / "seed-8" / "certificate.json").read_text())["environment"][
         "master_seed"] == 8
     assert "0 of 3 master seeds not PASS" in (tmp_path / "cal" / "calibration.md").read_text()
+
+
+def test_the_projects_own_catalogues_apply_to_the_current_source():
+    """Every mutant of tests/mutants finds its text exactly once in today's source (a kernel
+    rewritten under a mutant leaves it stale: the score would refuse the whole catalogue)."""
+    from cgeom_verify import mutation
+    from cgeom_verify.registry import discover
+
+    catalogues = sorted((ROOT / "tests" / "mutants").glob("*.toml"))
+    mutants = mutation.load_catalogue(catalogues, ROOT)
+    assert catalogues and len(mutants) >= 4 * len(catalogues)
+    claims = {entry.claim.id for entry in discover().claims}
+    assert {c for m in mutants for c in m.claims} <= claims
