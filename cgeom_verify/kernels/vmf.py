@@ -145,18 +145,23 @@ def _wood_cosines(kappa: torch.Tensor, d: int, generator: torch.Generator) -> to
     b = dm1 / (2 * kappa + torch.sqrt(4 * kappa**2 + dm1**2))
     x0 = (1 - b) / (1 + b)
     c = kappa * x0 + dm1 * torch.log1p(-(x0**2))
-    out = torch.empty_like(kappa)
-    pending = torch.ones_like(kappa, dtype=torch.bool)
-    half = torch.full_like(kappa, dm1 / 2)
+
+    def propose(b, x0, c, kappa):
+        half = torch.full_like(kappa, dm1 / 2)
+        g1 = standard_gamma(half, generator)
+        g2 = standard_gamma(half, generator)
+        z = g1 / (g1 + g2)  # Beta((d-1)/2, (d-1)/2)
+        w = (1 - (1 + b) * z) / (1 - (1 - b) * z)
+        u = torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        return w, kappa * w + dm1 * torch.log1p(-x0 * w) - c >= torch.log(u)
+
+    # The first round proposes for every entry, in place (no gather or scatter: most accept);
+    # later rounds only for the entries still rejected.
+    out, accepted = propose(b, x0, c, kappa)
+    pending = ~accepted
     while pending.any():
         idx = pending.nonzero(as_tuple=True)
-        g1 = standard_gamma(half[idx], generator)
-        g2 = standard_gamma(half[idx], generator)
-        z = g1 / (g1 + g2)  # Beta((d-1)/2, (d-1)/2)
-        bi, x0i, ci, ki = b[idx], x0[idx], c[idx], kappa[idx]
-        w = (1 - (1 + bi) * z) / (1 - (1 - bi) * z)
-        u = torch.rand(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        ok = ki * w + dm1 * torch.log1p(-x0i * w) - ci >= torch.log(u)
+        w, ok = propose(b[idx], x0[idx], c[idx], kappa[idx])
         sel = tuple(i[ok] for i in idx)
         out[sel] = w[ok]
         pending[sel] = False
