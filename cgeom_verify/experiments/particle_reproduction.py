@@ -243,7 +243,7 @@ def dense_log_kde(z: torch.Tensor, bandwidth: torch.Tensor, *, gradient_at_clamp
 
 @dataclass(frozen=True)
 class KernelComparison:
-    """Largest error of the float32 kernel against :func:`dense_log_kde` in float64."""
+    """Largest error of one float32 kernel against :func:`dense_log_kde` in float64."""
 
     num_particles: int
     value_error: float
@@ -257,20 +257,27 @@ class KernelComparison:
                 "max |d log rho|": self.value_error, "max |d grad| / sum |terms|": self.gradient_error}
 
 
-def kernel_against_float64(num_particles: int, generator) -> KernelComparison:
-    """The training kernel in float32 (symmetric pair sums, polynomial acos) against
-    :func:`dense_log_kde` in float64 on the same float32 inputs, with the training's own
-    upstream gradient (the mean over particles): exact Gibbs draws at a hot and a cold tau
-    (spread out, and clustered in the wells), at small, the authors' and large bandwidths."""
+def kernels_under_test(device) -> tuple[bool, ...]:
+    """The ``fallback`` flags of :func:`particles.log_kde` a certificate checks on ``device``:
+    the kernel that trains here, and the tile programs (eagerly) where that is another one, so
+    that the code training on CUDA or without a C compiler is checked on every machine."""
+    here = particles.kde_implementation(device, torch.float32)
+    return (False,) if here == particles.kde_implementation(device, torch.float32,
+                                                            fallback=True) else (False, True)
+
+
+def kernel_against_float64(num_particles: int, generator) -> list[KernelComparison]:
+    """Each kernel of :func:`kernels_under_test` in float32 (symmetric pair sums, polynomial
+    acos) against :func:`dense_log_kde` in float64 on the same float32 inputs, with the
+    training's own upstream gradient (the mean over particles): exact Gibbs draws at a hot and a
+    cold tau (spread out, and clustered in the wells), at small, the authors' and large
+    bandwidths."""
     device = generator.device
     tau = torch.tensor(KERNEL_TAUS, dtype=torch.float64, device=device).repeat_interleave(
         len(KERNEL_BANDWIDTHS))
     bandwidth = torch.tensor(KERNEL_BANDWIDTHS, dtype=torch.float64, device=device).repeat(
         len(KERNEL_TAUS))
     z = particles.sample_gibbs(WELLS, tau, num_particles, generator).float()
-    ours = z.clone().requires_grad_(True)
-    value = particles.log_kde(ours, bandwidth.float())
-    (grad,) = torch.autograd.grad(value.mean(-1).sum(), ours)
     exact = z.double().requires_grad_(True)
     reference = dense_log_kde(exact, bandwidth)
     (grad_ref,) = torch.autograd.grad(reference.mean(-1).sum(), exact)
@@ -282,13 +289,25 @@ def kernel_against_float64(num_particles: int, generator) -> KernelComparison:
         slope = torch.exp(-theta * theta / (2 * h2)) * theta / torch.sqrt(1 - x * x) / h2
         c = 1.0 / (num_particles * num_particles * reference.exp())
         scale = (slope * (c[:, :, None] + c[:, None, :])).sum(-1)
-        # z = v/|v| never sees the radial part of a gradient in z: compare tangential parts.
-        zd = exact.detach()
-        tangential = [g - (g * zd).sum(-1, keepdim=True) * zd for g in (grad.double(), grad_ref)]
-        gradient_error = ((tangential[0] - tangential[1]).norm(dim=-1) / scale).max()
-        value_error = (value.double() - reference).abs().max()
-    return KernelComparison(num_particles, float(value_error), float(gradient_error),
-                            particles.kde_implementation(device, torch.float32))
+    # z = v/|v| never sees the radial part of a gradient in z: compare tangential parts.
+    zd = exact.detach()
+
+    def tangential(g):
+        return g - (g * zd).sum(-1, keepdim=True) * zd
+
+    comparisons = []
+    for fallback in kernels_under_test(device):
+        ours = z.clone().requires_grad_(True)
+        value = particles.log_kde(ours, bandwidth.float(), fallback=fallback)
+        (grad,) = torch.autograd.grad(value.mean(-1).sum(), ours)
+        with torch.no_grad():
+            gradient_error = ((tangential(grad.double()) - tangential(grad_ref)).norm(dim=-1)
+                              / scale).max()
+            value_error = (value.double() - reference).abs().max()
+        comparisons.append(KernelComparison(
+            num_particles, float(value_error), float(gradient_error),
+            particles.kde_implementation(device, torch.float32, fallback=fallback)))
+    return comparisons
 
 
 def width_ratio(tau: float, bandwidth: float) -> float:

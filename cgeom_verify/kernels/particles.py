@@ -170,32 +170,35 @@ def train_particles(
     return adam.param / adam.param.norm(dim=-1, keepdim=True)
 
 
-def log_kde(z: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
+def log_kde(z: torch.Tensor, bandwidth: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
     """``log rho_h(z_i)``, ``rho_h(z_i) = mean_j exp(-d(z_i, z_j)^2 / (2 h^2))``, ``[runs, M]``.
 
     ``z[runs, M, 3]`` unit vectors, ``bandwidth[runs]``. The kernel is unnormalised, as
     in the authors' code (a constant shift of the loss). Differentiable in ``z``.
+    ``fallback``: the tile programs, eagerly, whatever the device and compiler (the code that
+    trains where the C loops do not apply; a certificate checks it on any machine).
     """
     if z.dim() != 3 or z.shape[-1] != 3:
         raise ValueError(f"z must be [runs, M, 3], got {tuple(z.shape)}")
     bandwidth = bandwidth.to(z.dtype).reshape(-1)
     if bandwidth.shape[0] != z.shape[0]:
         raise ValueError(f"one bandwidth per run: {bandwidth.shape[0]} for {z.shape[0]} runs")
-    lib = _native_library(z)
+    lib = None if fallback else _native_library(z)
     if lib is not None:
         return _NativeLogKDE.apply(z, bandwidth, lib)
     size, rows, _ = _blocking(z.shape[1], z.device)
     tiles = len(rows) * z.shape[0]
     tile_chunk = tiles if z.device.type == "cuda" else max(_CHUNK_ELEMENTS // (size * size), 1)
-    return _LogKDE.apply(z, bandwidth, tile_chunk)
+    return _LogKDE.apply(z, bandwidth, tile_chunk, fallback)
 
 
-def kde_implementation(device, dtype: torch.dtype) -> str:
+def kde_implementation(device, dtype: torch.dtype, *, fallback: bool = False) -> str:
     """Which kernel :func:`log_kde` runs for tensors of ``device`` and ``dtype`` (for the evidence)."""
-    lib = _native_library(torch.empty(0, dtype=dtype, device=device))
+    lib = None if fallback else _native_library(torch.empty(0, dtype=dtype, device=device))
     if lib is not None:
         return f"C pair loops ({lib.build_flags})"
-    compiled = _DENSITY.compiled is not None and os.environ.get("TORCH_COMPILE_DISABLE", "0") != "1"
+    compiled = (not fallback and _DENSITY.compiled is not None
+                and os.environ.get("TORCH_COMPILE_DISABLE", "0") != "1")
     return "tile programs under torch.compile" if compiled else "tile programs, eager"
 
 
@@ -390,7 +393,7 @@ class _LogKDE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, bandwidth, tile_chunk):
+    def forward(ctx, z, bandwidth, tile_chunk, eager):
         runs, m, _ = z.shape
         size, rows, cols = _blocking(m, z.device)
         count = m // size
@@ -399,10 +402,11 @@ class _LogKDE(torch.autograd.Function):
         col_block = run * count + cols.repeat_interleave(runs)
         blocks = z.detach().reshape(runs * count, size, 3).transpose(1, 2).contiguous()
         inv_two_h2 = (0.5 / bandwidth**2)[run].reshape(-1, 1, 1)
-        parts = _tiled(_DENSITY, (blocks,), row_block, col_block, inv_two_h2, tile_chunk)
+        density = _DENSITY.eager if eager else _DENSITY
+        parts = _tiled(density, (blocks,), row_block, col_block, inv_two_h2, tile_chunk)
         rho = _per_block(parts, m, runs).reshape(runs, m) / m
         ctx.save_for_backward(blocks, rho, bandwidth, row_block, col_block, inv_two_h2)
-        ctx.tile_chunk = tile_chunk
+        ctx.tile_chunk, ctx.eager = tile_chunk, eager
         return rho.log()
 
     @staticmethod
@@ -410,9 +414,10 @@ class _LogKDE(torch.autograd.Function):
         blocks, rho, bandwidth, row_block, col_block, inv_two_h2 = ctx.saved_tensors
         runs, m = rho.shape
         c = (grad_log_rho / (m * rho) / bandwidth[:, None] ** 2).reshape(-1, blocks.shape[-1])
-        parts = _tiled(_GRADIENT, (blocks, c), row_block, col_block, inv_two_h2, ctx.tile_chunk)
+        gradient = _GRADIENT.eager if ctx.eager else _GRADIENT
+        parts = _tiled(gradient, (blocks, c), row_block, col_block, inv_two_h2, ctx.tile_chunk)
         grad = _per_block(parts, m, runs)  # [runs * B, 3, s]
-        return grad.transpose(1, 2).reshape(runs, m, 3), None, None
+        return grad.transpose(1, 2).reshape(runs, m, 3), None, None, None
 
 
 def _native_library(z: torch.Tensor):
