@@ -450,6 +450,20 @@ def test_jt_of_stats_matches_exact_enumeration():
     assert abs(jt.p_value - p) < 5 * math.sqrt(p * (1 - p) / 40000)
 
 
+def test_jt_count_of_every_labelling_matches_the_pairwise_oracle():
+    """The O(n k) count of stats (sorted values, runs of ties) against the oracle's pairwise
+    double loop, on labellings with and without ties (runs at either end included)."""
+    rng = np.random.default_rng(11)
+    for levels in (None, 2, 3, 7):
+        sizes = rng.integers(1, 6, size=rng.integers(2, 6))
+        values = rng.normal(size=sizes.sum()) if levels is None else \
+            rng.integers(0, levels, size=sizes.sum()).astype(float)
+        labels = np.concatenate([np.full(s, k, dtype=np.int16) for k, s in enumerate(sizes)])
+        batch = rng.permuted(np.broadcast_to(labels, (20, len(labels))), axis=1)
+        expected = [rank_design._jt_count(values, row.tolist()) for row in batch]
+        assert stats._jt_statistic(values, batch).tolist() == expected
+
+
 def test_stratified_jt_matches_exact_enumeration_within_strata():
     """Labels permuted within each stratum: the exact p of the summed count, by enumerating the
     product of the strata's distinct labellings with the oracle's separately written count."""
