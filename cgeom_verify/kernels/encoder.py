@@ -72,7 +72,7 @@ class GaussianMixture:
         centres = torch.gather(means, -2, component.unsqueeze(-1).expand(*shape, n, m))
         noise = torch.randn(*shape, n, m, generator=generator, dtype=self.means.dtype,
                             device=self.means.device)
-        return centres + self.sigma * noise
+        return noise.mul_(self.sigma).add_(centres)  # in place: one pass, no temporaries
 
 
 def random_mixture(batch: tuple[int, ...], components: int, dim: int, *, radius: float,
@@ -108,7 +108,9 @@ def encode(weights: torch.Tensor, inputs: torch.Tensor, output: str) -> torch.Te
         raise ValueError(f"weights take inputs of dim {weights.shape[-1]}, got {inputs.shape[-1]}")
     linear = inputs @ weights.transpose(-1, -2)
     if output == "sphere":
-        return linear / linear.norm(dim=-1, keepdim=True)
+        # times the reciprocal norm ([..., n, 1]): its backward multiplies where a division's
+        # divides twice over [..., n, d]
+        return linear * linear.norm(dim=-1, keepdim=True).reciprocal()
     if output == "tanh":
         return torch.tanh(linear)
     raise ValueError(f"unknown encoder output {output!r}; choose one of {', '.join(OUTPUTS)}")
