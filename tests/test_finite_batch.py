@@ -161,15 +161,21 @@ def test_minibatch_objective_is_symmetric_cross_entropy():
     w = clip_toy.initial_weights(2, g)
     x1, x2 = fb._pairs(data, sigma, 32, g)
     uniform = torch.full((2, 32), 1 / 32, dtype=torch.float64, device=CPU)
-    got = fb.mm_objective(w, x1, x2, uniform, uniform, None, 0.07)
+    leaf = w.clone().requires_grad_(True)
+    got = fb.mm_objective(leaf, x1, x2, uniform, uniform, None, 0.07)
+    (grad,) = torch.autograd.grad(got.sum(), leaf)
     for r in range(2):
-        z1 = torch.nn.functional.normalize(x1[r] @ w[0, r].T, dim=-1)
-        z2 = torch.nn.functional.normalize(x2[r] @ w[1, r].T, dim=-1)
+        theirs = w[:, r].clone().requires_grad_(True)
+        z1 = torch.nn.functional.normalize(x1[r] @ theirs[0].T, dim=-1)
+        z2 = torch.nn.functional.normalize(x2[r] @ theirs[1].T, dim=-1)
         logits = z1 @ z2.T / 0.07
         target = torch.arange(32, device=CPU)
         ce = 0.5 * (torch.nn.functional.cross_entropy(logits, target)
                     + torch.nn.functional.cross_entropy(logits.T, target))
         torch.testing.assert_close(got[r], ce - math.log(32))
+        torch.testing.assert_close(grad[:, r], torch.autograd.grad(ce, theirs)[0])
+    with pytest.raises(ValueError, match="too small"):  # exp(1/tau) would overflow float64
+        fb.mm_objective(w, x1, x2, uniform, uniform, None, 1e-3)
 
 
 def test_dense_population_training_matches_the_fourier_oracle():
