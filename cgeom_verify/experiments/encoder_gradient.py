@@ -117,6 +117,12 @@ class EncoderSetting:
         """Rank of each encoder's linear map (a.s., for Gaussian W)."""
         return (min(self.input_dim, self.embed_dim),)
 
+    @property
+    def floats_per_negative(self) -> int:
+        """Floats one replicate's gradient program holds per negative, per modality: its
+        input, its linear map and embedding, and its scores against the anchors."""
+        return self.input_dim + 2 * self.embed_dim + self.anchors
+
 
 @dataclass(frozen=True)
 class SymmetricSetting(EncoderSetting):
@@ -126,6 +132,11 @@ class SymmetricSetting(EncoderSetting):
     @property
     def ranks(self) -> tuple[int, ...]:
         return (min(self.input_dim, self.embed_dim), min(self.second_input_dim, self.embed_dim))
+
+    @property
+    def floats_per_negative(self) -> int:
+        return (super().floats_per_negative + self.second_input_dim + 2 * self.embed_dim
+                + self.anchors)
 
 
 def _input_dim(draw, critic) -> int:
@@ -340,7 +351,11 @@ MAX_REPLICATES = Profiled(quick=16384, full=65536)
 #: need ~10^4 replicates per N (30 s of the quick budget for one check); a wrong limit of
 #: that size also tilts the fitted slope by a tenth of its margin.
 PLATEAU_SHARE = 2.0
-#: Replicates per batched program (memory: [chunk, B, N] scores and their graph).
+#: Replicates per batched program. On the CPU, as many as keep a program near PROGRAM_FLOATS
+#: (cache-sized: the fastest chunk measured held 0.6-1.4 M floats at every setting tried, and
+#: at N = 4096 ran 1.3-2x faster than 256 replicates); on CUDA, where small programs are
+#: launch-bound, REPLICATE_CHUNK (memory: [chunk, B, N] scores and their graph).
+PROGRAM_FLOATS = 2**20
 REPLICATE_CHUNK = 256
 
 
@@ -435,13 +450,21 @@ class RateMeasurement:
         }
 
 
+def replicates_per_program(run, setting: EncoderSetting, n: int) -> int:
+    """Replicates of ``n`` negatives simulated in one batched program (see PROGRAM_FLOATS)."""
+    if run.device.type == "cuda":
+        return REPLICATE_CHUNK
+    return max(1, min(REPLICATE_CHUNK, PROGRAM_FLOATS // (n * setting.floats_per_negative)))
+
+
 def _squared_errors(run, problem, levels, replicates: int, generator, g_ref):
     """``|g_N - g_ref|^2`` and ``cos(g_N, g_ref)``, ``[levels, replicates]``; fresh pools."""
     errors, cosines = [], []
     for n in levels:
         e_n, c_n = [], []
-        for start in range(0, replicates, REPLICATE_CHUNK):
-            k = min(REPLICATE_CHUNK, replicates - start)
+        chunk = replicates_per_program(run, problem.setting, n)
+        for start in range(0, replicates, chunk):
+            k = min(chunk, replicates - start)
             g = problem.finite(run.subject, problem.negatives(n, generator, (k,)))
             e_n.append(((g - g_ref) ** 2).sum(-1))
             c_n.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1))
