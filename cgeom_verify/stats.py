@@ -505,11 +505,12 @@ def _jt_statistic(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     last = np.minimum.accumulate(np.where(np.r_[tied_before[1:], False], n, position)[::-1])[::-1]
     counts = np.zeros((*labels.shape[:-1], n + 1), dtype=np.int32)
     twice = np.zeros(labels.shape[:-1], dtype=np.int64)
-    for group in range(int(labels.max())):
+    ties = bool(tied_before.any())
+    for group in range(int(labels.max(initial=0))):
         # counts[..., j]: observations of ``group`` among the j smallest values
         np.cumsum(sorted_labels == group, axis=-1, out=counts[..., 1:])
         higher = sorted_labels > group
-        if tied_before.any():
+        if ties:
             twice += ((counts[..., first] + counts[..., last + 1]) * higher).sum(-1)
         else:
             twice += 2 * (counts[..., :-1] * higher).sum(-1)
@@ -574,7 +575,7 @@ def stratified_jonckheere_terpstra(strata: Sequence[Sequence[Sequence[float]]], 
         values = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups])
         labels = np.concatenate([np.full(len(g), k, dtype=np.int16) for k, g in enumerate(groups)])
         observed += float(_jt_statistic(values, labels[None])[0])
-        done, chunk = 0, max(1, min(permutations, 2_000_000 // len(values)))
+        done, chunk = 0, max(1, min(permutations, 2_000_000 // max(len(values), 1)))
         while done < permutations:
             take = min(chunk, permutations - done)
             shuffled = rng.permuted(np.broadcast_to(labels, (take, len(labels))), axis=1)
