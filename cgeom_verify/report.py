@@ -31,6 +31,7 @@ matplotlib runs with the Agg backend and is imported only when something is draw
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -192,16 +193,24 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 def _plain_log_labels(ax) -> None:
     """Log axes labelled in plain text (10⁻², 3×10¹) where matplotlib writes mathtext: its
     parser took a third of a certificate's drawing time, re-parsing the same tick labels."""
+    formatter = _plain_log_formatter()
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":  # matplotlib's defaults for a log axis, in plain text
+            axis.set_major_formatter(formatter())
+            axis.set_minor_formatter(formatter(labelOnlyBase=False))
+
+
+@functools.cache
+def _plain_log_formatter():
+    """matplotlib's log formatter with :func:`_plain_math` labels (a class made once, when
+    matplotlib is first needed)."""
     from matplotlib.ticker import LogFormatterSciNotation
 
     class PlainLogFormatter(LogFormatterSciNotation):
         def __call__(self, x, pos=None):
             return _plain_math(super().__call__(x, pos))
 
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":  # matplotlib's defaults for a log axis, in plain text
-            axis.set_major_formatter(PlainLogFormatter())
-            axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+    return PlainLogFormatter
 
 
 def _plain_math(label: str) -> str:

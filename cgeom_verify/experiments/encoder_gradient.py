@@ -113,15 +113,20 @@ class EncoderSetting:
         return OUTPUT_OF_CRITIC[self.critic]
 
     @property
+    def input_dims(self) -> tuple[int, ...]:
+        """Input dimension of each encoder."""
+        return (self.input_dim,)
+
+    @property
     def ranks(self) -> tuple[int, ...]:
         """Rank of each encoder's linear map (a.s., for Gaussian W)."""
-        return (min(self.input_dim, self.embed_dim),)
+        return tuple(min(m, self.embed_dim) for m in self.input_dims)
 
     @property
     def floats_per_negative(self) -> int:
-        """Floats one replicate's gradient program holds per negative, per modality: its
-        input, its linear map and embedding, and its scores against the anchors."""
-        return self.input_dim + 2 * self.embed_dim + self.anchors
+        """Floats one replicate's gradient program holds per negative: per modality its input,
+        its linear map and embedding, and its scores against the anchors."""
+        return sum(m + 2 * self.embed_dim + self.anchors for m in self.input_dims)
 
 
 @dataclass(frozen=True)
@@ -130,13 +135,8 @@ class SymmetricSetting(EncoderSetting):
     second_input_dim: int = 2
 
     @property
-    def ranks(self) -> tuple[int, ...]:
-        return (min(self.input_dim, self.embed_dim), min(self.second_input_dim, self.embed_dim))
-
-    @property
-    def floats_per_negative(self) -> int:
-        return (super().floats_per_negative + self.second_input_dim + 2 * self.embed_dim
-                + self.anchors)
+    def input_dims(self) -> tuple[int, ...]:
+        return (self.input_dim, self.second_input_dim)
 
 
 def _input_dim(draw, critic) -> int:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import clip_toy, partition, vmf
+from . import clip_toy, encoder, partition, vmf
 from .adam import BatchedAdam
 
 __all__ = [
@@ -328,9 +328,8 @@ def mm_objective(weights: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, a: t
     """
     if 1.0 / tau > 0.5 * math.log(torch.finfo(weights.dtype).max):
         raise ValueError(f"tau = {tau} is too small for exp(s), |s| <= 1/tau, in {weights.dtype}")
-    y1, y2 = x1 @ weights[0].transpose(-1, -2), x2 @ weights[1].transpose(-1, -2)
-    z1 = y1 * (tau * y1.norm(dim=-1, keepdim=True)).reciprocal()  # 1/tau on the n rows
-    z2 = y2 * y2.norm(dim=-1, keepdim=True).reciprocal()
+    z1 = encoder.encode(weights[0], x1, "sphere") / tau  # 1/tau on the n rows
+    z2 = encoder.encode(weights[1], x2, "sphere")
     s = z1 @ z2.transpose(-1, -2)
     if coupling is None:
         aligned = (a * torch.diagonal(s, dim1=-2, dim2=-1)).sum(-1)
