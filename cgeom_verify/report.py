@@ -31,7 +31,6 @@ matplotlib runs with the Agg backend and is imported only when something is draw
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import io
 import json
@@ -122,7 +121,6 @@ def _plot_margins(plt, claim: dict) -> bytes:
                        label=("decision passed" if ok else "decision failed") if y == 0 else None)
     ax.axvline(1.0, color="#444", lw=1, ls="--", label="decision boundary")
     ax.set_xscale("log")
-    _plain_log_labels(ax)
     ax.set_xlim(lo / 1.5, hi * 1.5)
     ax.set_yticks(range(len(rows)), [clip(label, 60) for label, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -166,7 +164,6 @@ def _plot_figure(plt, spec: dict) -> bytes:
             raise ValueError(f"series {label!r}: unknown style {style!r}")
     ax.set_xscale(spec["xscale"])
     ax.set_yscale(spec["yscale"])
-    _plain_log_labels(ax)
     ax.set_xlabel(spec["xlabel"])
     ax.set_ylabel(spec["ylabel"])
     ax.set_title(clip(spec["title"], 80), fontsize=10)
@@ -185,42 +182,6 @@ def _bounds(series: dict, y: list) -> tuple[list, list] | None:
         return ([a - b for a, b in zip(y, yerr, strict=True)],
                 [a + b for a, b in zip(y, yerr, strict=True)])
     return None
-
-
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def _plain_log_labels(ax) -> None:
-    """Log axes labelled in plain text (10⁻², 3×10¹) where matplotlib writes mathtext: its
-    parser took a third of a certificate's drawing time, re-parsing the same tick labels."""
-    formatter = _plain_log_formatter()
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":  # matplotlib's defaults for a log axis, in plain text
-            axis.set_major_formatter(formatter())
-            axis.set_minor_formatter(formatter(labelOnlyBase=False))
-
-
-@functools.cache
-def _plain_log_formatter():
-    """matplotlib's log formatter with :func:`_plain_math` labels (a class made once, when
-    matplotlib is first needed)."""
-    from matplotlib.ticker import LogFormatterSciNotation
-
-    class PlainLogFormatter(LogFormatterSciNotation):
-        def __call__(self, x, pos=None):
-            return _plain_math(super().__call__(x, pos))
-
-    return PlainLogFormatter
-
-
-def _plain_math(label: str) -> str:
-    """``$\\mathdefault{3\\times10^{-1}}$`` -> ``3×10⁻¹``; any other label as it is."""
-    match = re.fullmatch(r"\$\\mathdefault\{(.*)\}\$", label)
-    if match is None:
-        return label
-    plain = re.sub(r"\^\{(-?\d+)\}", lambda power: power[1].translate(_SUPERSCRIPT), match[1])
-    plain = plain.replace(r"\times", "×").replace("-", "\N{MINUS SIGN}")
-    return label if "\\" in plain or "{" in plain else plain
 
 
 def _png(plt, fig) -> bytes:

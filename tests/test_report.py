@@ -161,26 +161,3 @@ def test_figures_drawn_by_child_processes_equal_those_drawn_here(monkeypatch):
     assert report._draw_all(tasks) == here
     monkeypatch.setattr(report, "_DRAWING_CHILD", "raise SystemExit(3)")
     assert report._draw_all(tasks) == here
-
-
-def test_log_axes_are_labelled_in_plain_text():
-    """Log ticks carry matplotlib's labels rewritten without mathtext (10⁻², 3×10⁻¹): the same
-    ticks as its default formatter labels, and nothing left for mathtext to parse."""
-    plt = report._pyplot()
-    fig, ax = plt.subplots()
-    try:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(0.2, 3)   # minor ticks labelled too
-        ax.set_ylim(1e-3, 1e2)
-        default = [t.get_text() for t in ax.get_xticklabels(minor=True)]
-        report._plain_log_labels(ax)
-        fig.canvas.draw()
-        x_minor = [t.get_text() for t in ax.get_xticklabels(minor=True)]
-        y_major = [t.get_text() for t in ax.get_yticklabels()]
-    finally:
-        plt.close(fig)
-    assert "3×10⁻¹" in x_minor and "10⁻²" in y_major and "10¹" in y_major
-    assert [bool(t) for t in x_minor] == [bool(t) for t in default]
-    assert not any("$" in t for t in x_minor + y_major)
-    assert report._plain_math(r"$\mathdefault{\frac{1}{2}}$") == r"$\mathdefault{\frac{1}{2}}$"
