@@ -336,6 +336,36 @@ def test_sweep_runs_are_independent(gen):
     assert torch.equal(full[:, :2], other[:, :2])
 
 
+def _dense_top1(z1, z2, group):
+    """The oracle: the whole [G, G] similarity matrix per group and its first maximal index."""
+    runs, n, _ = z1.shape
+    a = z1[:, : n // group * group].reshape(runs, -1, group, 2)
+    b = z2[:, : n // group * group].reshape(runs, -1, group, 2)
+    sim = a @ b.transpose(-1, -2)
+    target = torch.arange(group)
+    return 0.5 * ((sim.argmax(-1) == target).double() + (sim.argmax(-2) == target).double())
+
+
+@pytest.mark.parametrize("case", ["aligned", "noisy", "collapsed"])
+def test_top1_retrieval_by_sorted_angles_is_the_dense_argmax(gen, case):
+    """Every query's hit, as the dense argmax scores it: on continuous draws, and where the
+    candidates collapse onto two antipodal points (every query ties: the lowest index wins)."""
+    x = torch.randn(3, 5 * 64 + 7, 2, dtype=torch.float64, generator=gen)
+    y = x + {"aligned": 0.02, "noisy": 1.0, "collapsed": 0.0}[case] * torch.randn(
+        x.shape, dtype=torch.float64, generator=gen)
+    if case == "collapsed":
+        y = torch.where(y[..., :1] >= 0, 1.0, -1.0) * torch.tensor([0.6, 0.8], dtype=torch.float64)
+    z1, z2 = x / x.norm(dim=-1, keepdim=True), y / y.norm(dim=-1, keepdim=True)
+    dense = _dense_top1(z1, z2, 64)
+    a, b = (torch.atan2(z[:, :320, 1], z[:, :320, 0]).reshape(3, 5, 64) for z in (z1, z2))
+    sorted_hits = 0.5 * (clip_toy._top1_hits(a, b) + clip_toy._top1_hits(b, a))
+    assert torch.equal(sorted_hits, dense)
+    assert 0 < dense.sum() < dense.numel() or case == "aligned"
+    cosine, top1 = clip_toy.alignment_metrics(z1, z2, 64)
+    assert torch.allclose(top1, dense.flatten(1).mean(-1), rtol=0, atol=1e-15)
+    assert torch.allclose(cosine, (z1 * z2).sum(-1).mean(-1))
+
+
 def test_prefetched_minibatches_are_the_same_draws(monkeypatch):
     """Drawing the next minibatch on a worker thread changes nothing: same weights, and the
     generator ends in the same state (exactly `steps` draws)."""
