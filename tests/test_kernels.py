@@ -137,6 +137,27 @@ def test_infonce_matches_definition():
     assert torch.allclose(without, -pos + torch.log(neg.exp().sum(-1)), atol=1e-13)
 
 
+@pytest.mark.parametrize("shift", [0.0, 30.0, -650.0, 708.0, 760.0, -760.0, -1e4])
+def test_log_partition_is_logsumexp_in_value_and_gradient(shift):
+    """log(sum(exp)) where that is exact, torch.logsumexp where exp overflows or every term is
+    subnormal (shifts beyond +-709): the same value and gradient (softmax) as the library's."""
+    gen = torch.Generator().manual_seed(3)
+    z = vmf.sample_uniform_sphere((4, 3), 5, gen).requires_grad_(True)
+    w = vmf.sample_uniform_sphere((4, 50), 5, gen)
+
+    def shifted(anchors, negatives, scale):  # a critic with logits near `shift`
+        return infonce.cosine_critic(anchors, negatives, scale) + shift
+
+    value = infonce.log_partition(z, w, 0.2, critic=shifted)
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    logits = (z @ w.transpose(-1, -2) / 0.2 + shift).detach().requires_grad_(True)
+    expected = torch.logsumexp(logits, dim=-1)
+    (softmax,) = torch.autograd.grad(expected.sum(), logits)
+    assert torch.isfinite(value).all()
+    assert torch.allclose(value, expected, rtol=1e-15, atol=1e-12)
+    assert torch.allclose(grad, softmax @ w / 0.2, rtol=1e-12, atol=1e-14)
+
+
 def test_rbf_critic_and_detached_negatives():
     z = torch.randn(3, 4, dtype=torch.float64)
     w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

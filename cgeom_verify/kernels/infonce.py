@@ -18,6 +18,7 @@ reference with N >= 2^17 negatives runs in bounded memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -70,10 +71,27 @@ def log_partition(anchors, negatives, tau, *, critic="cosine", chunk: int | None
     """``log sum_j exp(s(z, w_j)/tau)`` for every anchor: ``[..., B]``."""
     score = _critic(critic)
     if chunk is None:
-        return torch.logsumexp(score(anchors, negatives, 1.0 / tau), dim=-1)
+        return _logsumexp(score(anchors, negatives, 1.0 / tau))
     return streamed_logsumexp(
         lambda a, b: score(anchors, negatives[..., a:b, :], 1.0 / tau), negatives.shape[-2], chunk
     )
+
+
+def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """``log sum_j exp(logits_j)`` over the last dim: ``log(sum(exp))`` where that is exact in
+    the dtype, else ``torch.logsumexp``.
+
+    Its running maximum costs a pass over the ``[..., B, N]`` logits and a second ``exp`` in the
+    backward (autograd of ``log(sum(exp))`` reuses the one ``exp``): without them the
+    encoder-gradient subject ran 1.2-1.5x faster (16 anchors, 4096 negatives, d = m = 10; 64
+    to 256 replicates per program). Exact means
+    every sum finite and the largest term a normal number: a sum at least ``tiny / eps``
+    holds one of at least ``tiny / (eps N)``; a sum outside that range falls back."""
+    total = torch.exp(logits).sum(-1)
+    info = torch.finfo(total.dtype)
+    if bool(((total >= info.tiny / info.eps) & (total < math.inf)).all()):
+        return total.log()
+    return torch.logsumexp(logits, dim=-1)
 
 
 def infonce_loss(anchors, positives, negatives, tau, *, critic="cosine", include_positive=True,
