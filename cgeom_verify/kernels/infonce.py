@@ -81,12 +81,11 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """``log sum_j exp(logits_j)`` over the last dim: ``log(sum(exp))`` where that is exact in
     the dtype, else ``torch.logsumexp``.
 
-    Its running maximum costs a pass over the ``[..., B, N]`` logits and a second ``exp`` in the
-    backward (autograd of ``log(sum(exp))`` reuses the one ``exp``): without them the
-    encoder-gradient subject ran 1.2-1.5x faster (16 anchors, 4096 negatives, d = m = 10; 64
-    to 256 replicates per program). Exact means
-    every sum finite and the largest term a normal number: a sum at least ``tiny / eps``
-    holds one of at least ``tiny / (eps N)``; a sum outside that range falls back."""
+    The library's running maximum costs a pass over the ``[..., B, N]`` logits and a second
+    ``exp`` in the backward (autograd of ``log(sum(exp))`` reuses the one ``exp``): without
+    them the encoder-gradient subject ran 1.2-1.5x faster (16 anchors, 4096 negatives,
+    d = m = 10; 64 to 256 replicates per program). Exact: every sum is finite and at least
+    ``tiny / eps``, so its largest term is at least ``tiny / (eps N)``, a normal number."""
     total = torch.exp(logits).sum(-1)
     info = torch.finfo(total.dtype)
     if bool(((total >= info.tiny / info.eps) & (total < math.inf)).all()):
