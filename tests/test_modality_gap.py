@@ -357,7 +357,7 @@ def test_top1_retrieval_by_sorted_angles_is_the_dense_argmax(gen, case):
         y = torch.where(y[..., :1] >= 0, 1.0, -1.0) * torch.tensor([0.6, 0.8], dtype=torch.float64)
     z1, z2 = x / x.norm(dim=-1, keepdim=True), y / y.norm(dim=-1, keepdim=True)
     dense = _dense_top1(z1, z2, 64)
-    a, b = (torch.atan2(z[:, :320, 1], z[:, :320, 0]).reshape(3, 5, 64) for z in (z1, z2))
+    a, b = (clip_toy._angle(z[:, :320]).reshape(3, 5, 64) for z in (z1, z2))
     sorted_hits = 0.5 * (clip_toy._top1_hits(a, b) + clip_toy._top1_hits(b, a))
     assert torch.equal(sorted_hits, dense)
     assert 0 < dense.sum() < dense.numel() or case == "aligned"

@@ -387,8 +387,12 @@ def embed(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_angles(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    y = x @ weights.transpose(-1, -2)
-    return torch.atan2(y[..., 1], y[..., 0])
+    return _angle(x @ weights.transpose(-1, -2))
+
+
+def _angle(v: torch.Tensor) -> torch.Tensor:
+    """Angle of planar vectors, ``[..., 2] -> [...]`` in [-pi, pi]."""
+    return torch.atan2(v[..., 1], v[..., 0])
 
 
 def train_sweep(
@@ -443,8 +447,7 @@ def alignment_metrics(z1: torch.Tensor, z2: torch.Tensor, group: int = 256):
     groups = n // group
     if groups < 1:
         raise ValueError(f"need at least {group} pairs for top-1 retrieval among {group}")
-    a, b = (torch.atan2(z[:, : groups * group, 1], z[:, : groups * group, 0])
-            .reshape(runs, groups, group) for z in (z1, z2))
+    a, b = (_angle(z[:, : groups * group]).reshape(runs, groups, group) for z in (z1, z2))
     hits = 0.5 * (_top1_hits(a, b) + _top1_hits(b, a))
     return cosine, hits.flatten(1).mean(-1)
 
