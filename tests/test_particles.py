@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cgeom_verify.experiments import particle_reproduction as experiment
-from cgeom_verify.kernels import particles
+from cgeom_verify.kernels import native, particles
 
 AUTHORS_WELLS = particles.Wells(((0.0, 0.0, 1.0), (0.85, 0.15, -0.5)), (0.5, 0.5), 12.0)
 
@@ -84,12 +84,13 @@ def tile_kernel(monkeypatch):
     monkeypatch.setattr(particles, "_kde_pairs", lambda: None)
 
 
-def _float32_against_float64(m: int, h):
-    """Largest |d log rho| and tangential |d grad| of float32 log_kde against float64 (dense)."""
+def _float32_against_float64(m: int, h, per_run: bool = False):
+    """Largest |d log rho| and tangential |d grad| of float32 log_kde against float64 (dense),
+    under random upstream weights, or one weight per run (``per_run``: training's case)."""
     gen = torch.Generator().manual_seed(m)
     z = torch.nn.functional.normalize(torch.randn(len(h), m, 3, generator=gen), dim=-1)
     h = torch.tensor(h)
-    upstream = torch.randn(len(h), m, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(len(h), 1 if per_run else m, generator=gen, dtype=torch.float64)
     ours = z.clone().requires_grad_(True)
     value = particles.log_kde(ours, h)
     (grad,) = torch.autograd.grad((value * upstream.float()).sum(), ours)
@@ -102,11 +103,12 @@ def _float32_against_float64(m: int, h):
 
 
 @pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
+@pytest.mark.parametrize("per_run", [False, True], ids=["gradient pass", "made with the density"])
 @pytest.mark.parametrize("m", [2, 7, 17, 96, 200])
-def test_c_pair_loops_match_float64_at_any_particle_count(m):
+def test_c_pair_loops_match_float64_at_any_particle_count(m, per_run):
     # Counts off the 16-lane vector (2, 7, 17, 200) exercise the padded stride and masked lanes.
     assert particles.kde_implementation("cpu", torch.float32).startswith("C pair loops")
-    value, gradient = _float32_against_float64(m, [0.11, 0.35, 1.1])
+    value, gradient = _float32_against_float64(m, [0.11, 0.35, 1.1], per_run)
     assert value <= experiment.KERNEL_PRECISION and gradient <= experiment.KERNEL_PRECISION
     assert value > 0 and gradient > 0  # float32 rounding is there: the comparison can fail
 
@@ -115,6 +117,42 @@ def test_tile_programs_match_float64_in_float32(tile_kernel):
     assert particles.kde_implementation("cpu", torch.float32).startswith("tile programs")
     value, gradient = _float32_against_float64(96, [0.11, 0.35, 1.1])
     assert value <= experiment.KERNEL_PRECISION and gradient <= experiment.KERNEL_PRECISION
+
+
+@pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
+def test_gradient_made_with_the_density_is_the_gradient_pass_at_a_uniform_weight():
+    """kde_pair_sums_and_gradient = kde_pair_sums, then kde_pair_gradient at c = 1/(h^2 sums),
+    to rounding (its row sums are split at i's vector); and log_kde's backward takes it exactly
+    when every particle of a run has the same upstream weight."""
+    lib, runs, m, stride = particles._kde_pairs(), 3, 200, 208
+    coords = torch.zeros(runs, 3, stride)
+    coords[:, :, :m] = torch.nn.functional.normalize(
+        torch.randn(runs, 3, m, generator=torch.Generator().manual_seed(5)), dim=1)
+    h = torch.tensor([0.11, 0.35, 1.1])
+    inv_two_h2 = 0.5 / h**2  # as log_kde computes it
+    sums, grad = torch.empty(runs, stride), torch.empty(runs, 3, stride)
+    lib.kde_pair_sums(*map(native.pointer, (coords, inv_two_h2)), runs, m, stride, 1,
+                      native.pointer(sums))
+    c = torch.zeros(runs, stride)
+    c[:, :m] = 2 * inv_two_h2[:, None] / sums[:, :m]
+    lib.kde_pair_gradient(*map(native.pointer, (coords, c, inv_two_h2)), runs, m, stride, 1,
+                          native.pointer(grad))
+    fused_sums, fused = torch.empty(runs, stride), torch.empty(runs, 3, stride)
+    scratch = torch.empty(lib.kde_scratch_floats(stride))
+    lib.kde_pair_sums_and_gradient(*map(native.pointer, (coords, inv_two_h2)), runs, m, stride, 1,
+                                   *map(native.pointer, (scratch, fused_sums, fused)))
+    assert torch.equal(fused_sums[:, :m], sums[:, :m])
+    assert (fused - grad)[..., :m].abs().max() <= 1e-6 * grad.abs().max()
+
+    # through autograd: a weight per run takes the fused gradient (bit for bit), others the pass
+    z = coords[:, :, :m].transpose(1, 2).clone().requires_grad_(True)
+    weights = torch.tensor([[0.5], [-2.0], [3.0]])
+    (uniform,) = torch.autograd.grad((particles.log_kde(z, h) * weights).sum(), z)
+    assert torch.equal(uniform, (fused[:, :, :m] * weights[:, :, None]).transpose(1, 2))
+    weights = weights.expand(runs, m).clone()
+    weights[:, 0] *= 1 + 2**-20
+    (varying,) = torch.autograd.grad((particles.log_kde(z, h) * weights).sum(), z)
+    assert not torch.equal(varying, (fused[:, :, :m] * weights[:, :1, None]).transpose(1, 2))
 
 
 @pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")

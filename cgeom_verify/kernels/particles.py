@@ -34,9 +34,11 @@ and its column from registers, one run per thread. Elsewhere (CUDA, float64, or 
 they are tile programs over the upper-triangular blocks of the ``[M, M]`` matrix, fused under
 ``torch.compile`` (eager where compilation fails); the backward recomputes the kernel. The
 float32 kernels agree with a dense float64 evaluation to within 2^-16 (tests/test_particles.py and
-the figs3-4-reproduction evidence). Measured on the 2-core development CPU, 2 threads, all 140
-runs: 0.014 s for the density and 0.021 s for the gradient pass in C, against 0.054 and 0.059 s
-for the compiled tiles; see benchmarks/bench_particles.py.
+the figs3-4-reproduction evidence). Training's gradient (of ``mean log rho``, one upstream weight
+per run) is made in C with the density, each run's pair slopes kept in cache between the two
+passes. Measured on the 2-core development CPU, 2 threads, all 140 runs: 0.022 s per step for
+density and gradient in C (0.013 + 0.020 s as two passes), against 0.054 + 0.059 s for the
+compiled tiles; see benchmarks/bench_particles.py.
 """
 
 from __future__ import annotations
@@ -432,13 +434,22 @@ def _kde_pairs():
         p, n = ctypes.c_void_p, ctypes.c_int64
         lib.kde_pair_sums.argtypes = (p, p, n, n, n, n, p)
         lib.kde_pair_gradient.argtypes = (p, p, p, n, n, n, n, p)
+        lib.kde_pair_sums_and_gradient.argtypes = (p, p, n, n, n, n, p, p, p)
+        lib.kde_scratch_floats.argtypes, lib.kde_scratch_floats.restype = (n,), n
     return lib
 
 
 class _NativeLogKDE(torch.autograd.Function):
     """:class:`_LogKDE`'s two passes as the C loops of ``kde_pairs.c``: the same sums, each
     unordered pair once, on ``[runs, 3, stride]`` coordinate-major copies padded to whole
-    64-byte vectors."""
+    64-byte vectors.
+
+    Where ``z`` needs a gradient, the forward also makes the gradient for a unit upstream weight
+    on every ``log rho_i`` in the same visit of each run's pairs (``kde_pair_sums_and_gradient``:
+    the slopes stay in cache between the passes). Training differentiates ``mean log rho``,
+    whose upstream weight is the same for every particle of a run, so its backward is that
+    gradient times the weight; any other upstream runs the gradient pass. At the authors' Figs.
+    3-4 setting (2 threads): 0.022 s per step for both, against 0.013 + 0.020 s in two passes."""
 
     @staticmethod
     def forward(ctx, z, bandwidth, lib):
@@ -448,17 +459,29 @@ class _NativeLogKDE(torch.autograd.Function):
         coords[:, :, :m] = z.detach().transpose(1, 2)
         inv_two_h2 = (0.5 / bandwidth**2).contiguous()
         sums = z.new_empty(runs, stride)
-        lib.kde_pair_sums(native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride,
-                          torch.get_num_threads(), native.pointer(sums))
+        threads = torch.get_num_threads()
+        unit_gradient = None
+        if ctx.needs_input_grad[0]:
+            unit_gradient = torch.empty_like(coords)
+            scratch = z.new_empty(threads * lib.kde_scratch_floats(stride))
+            lib.kde_pair_sums_and_gradient(
+                native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride, threads,
+                native.pointer(scratch), native.pointer(sums), native.pointer(unit_gradient))
+        else:
+            lib.kde_pair_sums(native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride,
+                              threads, native.pointer(sums))
         rho = sums[:, :m] / m
-        ctx.save_for_backward(coords, rho, bandwidth, inv_two_h2)
+        ctx.save_for_backward(coords, rho, bandwidth, inv_two_h2, unit_gradient)
         ctx.lib = lib
         return rho.log()
 
     @staticmethod
     def backward(ctx, grad_log_rho):
-        coords, rho, bandwidth, inv_two_h2 = ctx.saved_tensors
+        coords, rho, bandwidth, inv_two_h2, unit_gradient = ctx.saved_tensors
         runs, m = rho.shape
+        per_run = grad_log_rho[:, :1]
+        if unit_gradient is not None and bool((grad_log_rho == per_run).all()):
+            return (unit_gradient[:, :, :m] * per_run[:, :, None]).transpose(1, 2), None, None
         stride = coords.shape[-1]
         c = coords.new_zeros(runs, stride)
         c[:, :m] = grad_log_rho / (m * rho) / bandwidth[:, None] ** 2
