@@ -52,6 +52,7 @@ import sympy
 import torch
 from hypothesis.strategies import SearchStrategy
 
+from . import stats
 from .stats import Test
 
 __all__ = ["Claim", "Derivation", "Profiled", "CheckRun", "Obligation", "Check", "Control"]
@@ -136,10 +137,14 @@ class CheckRun:
     dtype: torch.dtype = torch.float64
     false_fail_rate: float = 0.01
     false_pass_rate: float = 0.05
+    #: the fewest settings inside the assumptions a PASS needs (the check's min_applicable).
+    min_applicable: int = 1
     #: free-form numbers a check wants in the certificate (tables, reproductions).
     records: dict = field(default_factory=dict)
     #: settings found outside the claim's assumptions: recorded, never counted as a pass.
     outside_assumptions: list = field(default_factory=list)
+    #: how many settings the check went through before it stopped early (None: all of them).
+    settings_run: int | None = None
 
     def pick(self, value: Profiled | Any) -> Any:
         """The profile's value of a :class:`Profiled`, or ``value`` itself."""
@@ -152,6 +157,31 @@ class CheckRun:
     def decision_false_fail_rate(self, decisions: int) -> float:
         """Each decision's false-fail rate when the check returns ``decisions`` tests."""
         return self.false_fail_rate / max(int(decisions), 1)
+
+    def settings_until_settled(self, tests: list, rate: float):
+        """``(i, setting)`` for each setting in order, until the check can no longer PASS
+        whatever the settings left would show: a decision in ``tests`` (the list the loop
+        appends each setting's decisions to, each on its setting's complete data) already FAILs
+        at ``rate``, their designed per-decision false-fail rate (a rejection is valid at any
+        power: :func:`stats.rejects`), or more settings are outside the assumptions than
+        ``min_applicable`` allows. A negative control's mutant is then rejected at the first
+        settings that show it, not after all of them. A stop is recorded (``stopped_early``)."""
+        for i, setting in enumerate(self.settings):
+            if i:
+                outside = {r["example"] for r in self.outside_assumptions}
+                if stats.rejects(tests, rate, self.false_pass_rate):
+                    reason = "a decision on the settings so far already FAILs at its false-fail rate"
+                elif None in outside or len(self.settings) - len(outside) < self.min_applicable:
+                    reason = ("more settings are outside the assumptions than the check's floor "
+                              f"({self.min_applicable} inside) allows")
+                else:
+                    reason = None
+                if reason:
+                    self.settings_run = i
+                    self.record("stopped_early", {"settings_run": i, "settings": len(self.settings),
+                                                  "reason": reason})
+                    return
+            yield i, setting
 
     def generator(self, example: int | None = None) -> torch.Generator:
         """A torch generator on the run's device, seeded for one example (or the check)."""

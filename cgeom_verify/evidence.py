@@ -52,7 +52,6 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
     settings = [*check.explicit, *draw_settings(
         check.settings, check.examples[config.profile],
         derive_seed(config.master_seed, claim_id, check.name, "settings"))]
-    count = len(check.explicit) + check.examples[config.profile]  # a strategy may draw fewer
     settings_json = [setting_to_json(s) for s in settings]
     seeds = [derive_seed(config.master_seed, claim_id, check.name, s) for s in settings_json]
     run = CheckRun(
@@ -64,6 +63,7 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
         device=config.torch_device(),
         false_fail_rate=alpha,
         false_pass_rate=config.false_pass_rate,
+        min_applicable=check.min_applicable[config.profile],
     )
     tests = check.func(run)
     if not isinstance(tests, Sequence) or not all(isinstance(t, Test) for t in tests):
@@ -73,9 +73,12 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
     # Bonferroni within the check: its share of the family budget, split evenly.
     per_test = run.decision_false_fail_rate(len(tests))
     decisions = [t.decide(per_test, config.false_pass_rate).to_json() for t in tests]
+    # Settings a strategy did not draw, or a check that stopped early did not reach, are not
+    # inside the assumptions: only those looked at count towards the floor.
+    ran = len(settings) if run.settings_run is None else run.settings_run
     outside = {r["example"] for r in run.outside_assumptions}
-    applicable = 0 if None in outside else count - len(outside)
-    floor = check.min_applicable[config.profile]
+    applicable = 0 if None in outside else ran - len(outside)
+    floor = run.min_applicable
     return {
         "claim": claim_id,
         "check": check.name,
@@ -83,8 +86,9 @@ def _run_check(check: Check, subject, config: RunConfig, alpha: float) -> dict:
         "false_fail_rate_per_decision": per_test,
         "false_pass_rate": config.false_pass_rate,
         "relative_discrepancy": run.relative_discrepancy,
-        "applicable": {"settings": count, "inside_assumptions": applicable, "required": floor,
-                       "not_applicable_fraction": (count - applicable) / count if count else 0.0},
+        "applicable": {"settings": len(settings), "inside_assumptions": applicable,
+                       "required": floor,
+                       "not_applicable_fraction": (ran - applicable) / ran if ran else 0.0},
         "check_seed": run.check_seed,
         "examples": [{"setting": s, "seed": seed} for s, seed in zip(settings_json, seeds, strict=True)],
         "decisions": decisions,

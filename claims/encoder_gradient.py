@@ -100,7 +100,7 @@ def _consistency_tests(run, problem_type) -> list:
     designed (``experiment.plan_rate``, ``experiment.measure_rate``), shared by Thm 3.1 and 4.1."""
     rate = run.decision_false_fail_rate(2 * len(run.settings))
     tests, measured = [], []
-    for i, setting in enumerate(run.settings):
+    for i, setting in run.settings_until_settled(tests, rate):
         reason = experiment.outside_assumptions(setting)
         if reason:
             run.not_applicable(reason, example=i)

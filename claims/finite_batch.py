@@ -111,9 +111,13 @@ def _bias_check(run, corrected: bool):
     """Per applicable setting (design: ``experiment.plan_bias``), the intercept of ``a + b/B``
     fitted to ``B <E g_B - grad log Gamma, e>``: TOST against beta (plug-in) or 0 (jackknife),
     margin the designed share of |beta|."""
-    measured = experiment.measure_bias(run, corrected)
-    tests = []
-    for m in measured:
+    subject = run.subject.bias_corrected() if corrected else run.subject
+    tests, measured = [], []
+    for i, setting in run.settings_until_settled(tests, run.decision_false_fail_rate(len(run.settings))):
+        m = experiment.measure_bias(run, i, setting, subject)
+        if m is None:
+            continue
+        measured.append(m)
         fit = m.fit
         tests.append(stats.equivalent(
             "jackknife: B-scaled bias -> 0" if corrected else "B-scaled bias -> beta",

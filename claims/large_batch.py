@@ -410,11 +410,15 @@ def gradient_decisions(setting: BatchSetting) -> int:
 
 
 def _per_setting(tests_of, decisions_of):
-    """Run ``tests_of`` on every setting; each decision's false-fail rate is fixed before
-    sampling from the number of decisions the check returns when every setting applies."""
+    """Run ``tests_of`` on each setting until the check is settled
+    (``run.settings_until_settled``); each decision's false-fail rate is fixed before sampling
+    from the number of decisions the check returns when every setting applies."""
     def check(run):
         total = sum(decisions_of(s) for s in run.settings)
-        return [t for i, s in enumerate(run.settings) for t in tests_of(run, i, s, total)]
+        tests = []
+        for i, s in run.settings_until_settled(tests, run.decision_false_fail_rate(total)):
+            tests += tests_of(run, i, s, total)
+        return tests
 
     return check
 

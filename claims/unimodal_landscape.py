@@ -484,7 +484,7 @@ def mc_tie_break(run):
     margin = math.log1p(run.relative_discrepancy)
     rate = run.decision_false_fail_rate(len(run.settings))
     tests = []
-    for i, s in enumerate(run.settings):
+    for i, s in run.settings_until_settled(tests, rate):
         gen = run.generator(i)
         design = experiment.plan_tie_break(run, i, s, margin, rate, gen)
         if design is None:

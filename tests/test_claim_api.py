@@ -130,3 +130,61 @@ def test_explicit_settings_come_first_in_every_profile():
     with pytest.raises(ValueError, match="min_applicable"):
         claim.check("d", settings=st.just(1), examples=Profiled(1, 1), explicit=(0,),
                     min_applicable=Profiled(3, 3))(lambda run: [])
+
+
+def test_a_check_stops_at_the_settings_that_settle_it():
+    """settings_until_settled: a FAIL on a setting's complete data, or more settings outside the
+    assumptions than the floor allows, ends the loop (the verdict cannot be PASS any more);
+    the evidence counts only the settings looked at, and says why it stopped."""
+    from cgeom_verify import stats
+    from cgeom_verify.evidence import check_evidence, control_evidence
+
+    claim = Claim(id="settled", reference="r", statement="s", subject=0.0)
+    seen = []
+
+    def decide(run):  # the subject is an offset the decision must find equal to 0
+        tests = []
+        for i, setting in run.settings_until_settled(tests, run.decision_false_fail_rate(4)):
+            seen.append(i)
+            if run.subject == "outside":
+                run.not_applicable("the mutant is outside", example=i)
+                continue
+            tests.append(stats.within_precision("offset = 0", run.subject, 0.0, 0.5, example=i))
+        return tests
+
+    check = claim.check("c", settings=st.integers(0, 99), examples=Profiled(4, 4),
+                        min_applicable=Profiled(3, 3))(decide)
+    passed = check_evidence(check, RunConfig(), 0.01)
+    assert seen == [0, 1, 2, 3] and passed["outcome"] == "PASS"
+    assert "stopped_early" not in passed["records"] and passed["applicable"]["inside_assumptions"] == 4
+
+    seen.clear()
+    wrong = claim.control("offset 1", check=check, mutant=1.0)
+    rejected = control_evidence(wrong, RunConfig(), 0.01)
+    assert seen == [0] and rejected["rejected"] and rejected["outcome"] == "FAIL"
+    assert rejected["records"]["stopped_early"]["settings_run"] == 1
+    assert rejected["applicable"] == {"settings": 4, "inside_assumptions": 1, "required": 3,
+                                      "not_applicable_fraction": 0.0}
+
+    seen.clear()
+    outside = claim.control("outside", check=check, mutant="outside")
+    rejected = control_evidence(outside, RunConfig(), 0.01)
+    # two settings outside leave at most 2 < 3 inside: no PASS is possible after the second
+    assert seen == [0, 1] and rejected["rejected"] and rejected["outcome"] == "NOT APPLICABLE"
+    assert "floor" in rejected["records"]["stopped_early"]["reason"]
+    assert rejected["applicable"]["inside_assumptions"] == 0
+
+
+def test_settings_a_strategy_cannot_draw_do_not_count_as_applicable():
+    from cgeom_verify import stats
+    from cgeom_verify.evidence import check_evidence
+
+    claim = Claim(id="few", reference="r", statement="s")
+
+    @claim.check("c", settings=st.just(1), examples=Profiled(2, 2))  # one distinct setting
+    def c(run):
+        return [stats.within_precision("x", 0.0, 0.0, 0.0, example=0)]
+
+    evidence = check_evidence(c, RunConfig(), 0.01)
+    assert evidence["applicable"]["settings"] == evidence["applicable"]["inside_assumptions"] == 1
+    assert evidence["outcome"] == "UNDERPOWERED"  # 1 < the 2 required

@@ -131,17 +131,13 @@ def scaled_bias_fit(run, i: int, setting: BiasSetting, design: BiasDesign, subje
     return np.asarray(means), np.asarray(errors), stats.inverse_size_fit(design.sizes, means, errors)
 
 
-def measure_bias(run, corrected: bool) -> list[BiasMeasurement]:
-    """Every applicable setting's measurement, with the jackknife (``corrected``) or the
-    plug-in estimator of the run's subject; settings beyond the budget are recorded N/A."""
-    subject = run.subject.bias_corrected() if corrected else run.subject
-    measured = []
-    for i, setting in enumerate(run.settings):
-        design = plan_bias(run, i, setting, len(run.settings))
-        if design is not None:
-            measured.append(BiasMeasurement(i, design, *scaled_bias_fit(run, i, setting, design,
-                                                                        subject)))
-    return measured
+def measure_bias(run, i: int, setting: BiasSetting, subject) -> BiasMeasurement | None:
+    """Setting ``i``'s measurement with ``subject``'s estimator (the plug-in or its jackknife);
+    None, recorded N/A, where the design is beyond the budget."""
+    design = plan_bias(run, i, setting, len(run.settings))
+    if design is None:
+        return None
+    return BiasMeasurement(i, design, *scaled_bias_fit(run, i, setting, design, subject))
 
 
 def bias_series(measured: list[BiasMeasurement], level: float) -> list[dict]:
