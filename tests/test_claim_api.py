@@ -144,7 +144,7 @@ def test_a_check_stops_at_the_settings_that_settle_it():
 
     def decide(run):  # the subject is an offset the decision must find equal to 0
         tests = []
-        for i, setting in run.settings_until_settled(tests, run.decision_false_fail_rate(4)):
+        for i, _setting in run.settings_until_settled(tests, run.decision_false_fail_rate(4)):
             seen.append(i)
             if run.subject == "outside":
                 run.not_applicable("the mutant is outside", example=i)

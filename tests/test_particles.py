@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cgeom_verify.experiments import particle_reproduction as experiment
-from cgeom_verify.kernels import native, particles
+from cgeom_verify.kernels import particles
 
 AUTHORS_WELLS = particles.Wells(((0.0, 0.0, 1.0), (0.85, 0.15, -0.5)), (0.5, 0.5), 12.0)
 
@@ -103,7 +103,7 @@ def _float32_against_float64(m: int, h, per_run: bool = False):
 
 
 @pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
-@pytest.mark.parametrize("per_run", [False, True], ids=["gradient pass", "made with the density"])
+@pytest.mark.parametrize("per_run", [False, True], ids=["any upstream", "one weight per run"])
 @pytest.mark.parametrize("m", [2, 7, 17, 96, 200])
 def test_c_pair_loops_match_float64_at_any_particle_count(m, per_run):
     # Counts off the 16-lane vector (2, 7, 17, 200) exercise the padded stride and masked lanes.
@@ -120,39 +120,36 @@ def test_tile_programs_match_float64_in_float32(tile_kernel):
 
 
 @pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")
-def test_gradient_made_with_the_density_is_the_gradient_pass_at_a_uniform_weight():
-    """kde_pair_sums_and_gradient = kde_pair_sums, then kde_pair_gradient at c = 1/(h^2 sums),
-    to rounding (its row sums are split at i's vector); and log_kde's backward takes it exactly
-    when every particle of a run has the same upstream weight."""
+def test_gradient_made_with_the_density_is_the_gradient_at_a_unit_weight():
+    """kde_pairs without weights = kde_pairs with c = 1/(h^2 sums) given, bit for bit; without a
+    gradient the same sums. Through autograd, a weight per run takes that gradient (times the
+    weight), any other upstream the weighted visit."""
     lib, runs, m, stride = particles._kde_pairs(), 3, 200, 208
     coords = torch.zeros(runs, 3, stride)
     coords[:, :, :m] = torch.nn.functional.normalize(
         torch.randn(runs, 3, m, generator=torch.Generator().manual_seed(5)), dim=1)
     h = torch.tensor([0.11, 0.35, 1.1])
     inv_two_h2 = 0.5 / h**2  # as log_kde computes it
-    sums, grad = torch.empty(runs, stride), torch.empty(runs, 3, stride)
-    lib.kde_pair_sums(*map(native.pointer, (coords, inv_two_h2)), runs, m, stride, 1,
-                      native.pointer(sums))
+    sums, unit = torch.empty(runs, stride), torch.empty(runs, 3, stride)
+    particles._kde_pairs_call(lib, coords, inv_two_h2, m, sums, None, unit)
     c = torch.zeros(runs, stride)
     c[:, :m] = 2 * inv_two_h2[:, None] / sums[:, :m]
-    lib.kde_pair_gradient(*map(native.pointer, (coords, c, inv_two_h2)), runs, m, stride, 1,
-                          native.pointer(grad))
-    fused_sums, fused = torch.empty(runs, stride), torch.empty(runs, 3, stride)
-    scratch = torch.empty(lib.kde_scratch_floats(stride))
-    lib.kde_pair_sums_and_gradient(*map(native.pointer, (coords, inv_two_h2)), runs, m, stride, 1,
-                                   *map(native.pointer, (scratch, fused_sums, fused)))
-    assert torch.equal(fused_sums[:, :m], sums[:, :m])
-    assert (fused - grad)[..., :m].abs().max() <= 1e-6 * grad.abs().max()
+    given, again = torch.empty(runs, 3, stride), torch.empty(runs, stride)
+    particles._kde_pairs_call(lib, coords, inv_two_h2, m, again, c, given)
+    only = torch.empty(runs, stride)
+    particles._kde_pairs_call(lib, coords, inv_two_h2, m, only, None, None)
+    assert torch.equal(given[..., :m], unit[..., :m])
+    assert torch.equal(again[:, :m], sums[:, :m]) and torch.equal(only[:, :m], sums[:, :m])
 
-    # through autograd: a weight per run takes the fused gradient (bit for bit), others the pass
     z = coords[:, :, :m].transpose(1, 2).clone().requires_grad_(True)
     weights = torch.tensor([[0.5], [-2.0], [3.0]])
     (uniform,) = torch.autograd.grad((particles.log_kde(z, h) * weights).sum(), z)
-    assert torch.equal(uniform, (fused[:, :, :m] * weights[:, :, None]).transpose(1, 2))
+    assert torch.equal(uniform, (unit[:, :, :m] * weights[:, :, None]).transpose(1, 2))
     weights = weights.expand(runs, m).clone()
     weights[:, 0] *= 1 + 2**-20
     (varying,) = torch.autograd.grad((particles.log_kde(z, h) * weights).sum(), z)
-    assert not torch.equal(varying, (fused[:, :, :m] * weights[:, :1, None]).transpose(1, 2))
+    assert not torch.equal(varying, (unit[:, :, :m] * weights[:, :1, None]).transpose(1, 2))
+    assert torch.allclose(varying, uniform, rtol=0, atol=1e-5 * uniform.abs().max())
 
 
 @pytest.mark.skipif(particles._kde_pairs() is None, reason="no C compiler: the tile programs run")

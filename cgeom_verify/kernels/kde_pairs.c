@@ -1,12 +1,14 @@
-/* Fused symmetric pair sums of the geodesic Gaussian KDE on S^2 (cgeom_verify.kernels.particles).
+/* Symmetric pair sums of the geodesic Gaussian KDE on S^2 and of its gradient
+ * (cgeom_verify.kernels.particles): log rho_h and its backward, in one function, kde_pairs.
  *
- * One loop nest per pass over the unordered pairs j >= i of each run: every pair's kernel is
- * evaluated once and added to both its row and its column, in registers and an L1-resident
- * column accumulator. kde_pair_sums and kde_pair_gradient are the two passes of log rho and of
- * its gradient for any upstream weights; kde_pair_sums_and_gradient does both for a uniform
- * upstream weight (training's mean log rho) in one visit of each run, the pairs' slopes kept
- * in a per-thread, cache-resident scratch between its passes instead of recomputed. Built at
- * first use by cgeom_verify.kernels.native (see its docstring for the flags and the fallback).
+ * Per run, two passes over the unordered pairs j >= i. The first evaluates each pair's kernel
+ * once, adds it to both its row and its column (in registers and an L1-resident column
+ * accumulator), and keeps the pair's slope h^2 K' in the thread's scratch (1.2 MB at m = 768: it
+ * stays in L2). The second, where a gradient is asked for, reads the slopes back to add
+ * w_ij = slope_ij (c_i + c_j) times z_j to row i and times z_i to column j, with c given (any
+ * upstream weights) or c_i = 1/(h^2 sums_i) (a unit upstream weight on every log rho_i:
+ * training's mean log rho, whose gradient is then made with the density). Built at first use by
+ * cgeom_verify.kernels.native (see its docstring for the flags and the fallback).
  *
  * Layout: z[runs][3][stride] coordinate-major, stride a multiple of 16 floats (64 bytes); the
  * first m entries of each coordinate row are the particles. Runs are shared among `threads`
@@ -71,66 +73,6 @@ static inline float slope(float k, float theta, float t) {
     return k * theta / sqrtf((1.0f - t) * (1.0f + t));
 }
 
-/* sums[r][i] = sum_j exp(-acos<z_i, z_j>^2 / (2 h_r^2)), j over all m particles, i itself included. */
-void kde_pair_sums(const float *z, const float *inv_two_h2, int64_t runs, int64_t m, int64_t stride,
-                   int64_t threads, float *sums) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < runs; r++) {
-        const float *X = z + r * 3 * stride, *Y = X + stride, *Z = Y + stride;
-        float *out = sums + r * stride;
-        const float a = inv_two_h2[r];
-        memset(out, 0, stride * sizeof(float));
-        for (int64_t i = 0; i < m; i++) {
-            const float xi = X[i], yi = Y[i], zi = Z[i];
-            float row = 0.0f;
-            /* From i's vector lane down: whole aligned vectors, pairs j < i masked out. */
-#pragma omp simd reduction(+ : row) aligned(X, Y, Z, out : 64)
-            for (int64_t j = i & ~(int64_t)15; j < m; j++) {
-                float x = cosine(xi, yi, zi, X[j], Y[j], Z[j]);
-                float theta = angle(x, fabsf(x));
-                float k = exp_nonpositive(-a * theta * theta);
-                row += j >= i ? k : 0.0f;
-                out[j] += j > i ? k : 0.0f;
-            }
-            out[i] += row;
-        }
-    }
-}
-
-/* grad[r][:, i] = sum_j w_ij z_j, w_ij = h^2 K'(x_ij) (c_i + c_j) (slope). */
-void kde_pair_gradient(const float *z, const float *c, const float *inv_two_h2, int64_t runs, int64_t m,
-                       int64_t stride, int64_t threads, float *grad) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t r = 0; r < runs; r++) {
-        const float *X = z + r * 3 * stride, *Y = X + stride, *Z = Y + stride, *C = c + r * stride;
-        float *GX = grad + r * 3 * stride, *GY = GX + stride, *GZ = GY + stride;
-        const float a = inv_two_h2[r];
-        memset(GX, 0, 3 * stride * sizeof(float));
-        for (int64_t i = 0; i < m; i++) {
-            const float xi = X[i], yi = Y[i], zi = Z[i], ci = C[i];
-            float gx = 0.0f, gy = 0.0f, gz = 0.0f;
-#pragma omp simd reduction(+ : gx, gy, gz) aligned(X, Y, Z, C, GX, GY, GZ : 64)
-            for (int64_t j = i & ~(int64_t)15; j < m; j++) {
-                float x = cosine(xi, yi, zi, X[j], Y[j], Z[j]);
-                float t = fabsf(x);
-                float theta = angle(x, t);
-                float w = slope(exp_nonpositive(-a * theta * theta), theta, t) * (ci + C[j]);
-                w = j >= i ? w : 0.0f;
-                gx += w * X[j];
-                gy += w * Y[j];
-                gz += w * Z[j];
-                w = j > i ? w : 0.0f;
-                GX[j] += w * xi;
-                GY[j] += w * yi;
-                GZ[j] += w * zi;
-            }
-            GX[i] += gx;
-            GY[i] += gy;
-            GZ[i] += gz;
-        }
-    }
-}
-
 /* Floats of one run's slope rows: row i holds j from i's vector lane (i & ~15) to the stride, so
  * every row starts on a 64-byte boundary. */
 static int64_t slope_floats(int64_t stride) {
@@ -139,17 +81,15 @@ static int64_t slope_floats(int64_t stride) {
     return total;
 }
 
-/* Scratch floats per thread of kde_pair_sums_and_gradient: one run's slope rows and its c. */
+/* Scratch floats per thread of kde_pairs: one run's slope rows and its c. */
 int64_t kde_scratch_floats(int64_t stride) { return slope_floats(stride) + stride; }
 
-/* kde_pair_sums, and kde_pair_gradient at c_i = 1/(h^2 sums_i): the gradient of sum_i log rho_i
- * (a unit upstream weight on each), run by run. The first pass keeps each pair's slope in the
- * thread's scratch (1.2 MB at m = 768: it stays in L2), the second reads it back instead of
- * recomputing the kernel. Each pair's arithmetic is that of the two separate passes; only the
- * gradient's row sums are split at i's vector (a rounding-level difference). */
-void kde_pair_sums_and_gradient(const float *z, const float *inv_two_h2, int64_t runs, int64_t m,
-                                int64_t stride, int64_t threads, float *scratch, float *sums,
-                                float *grad) {
+/* sums[r][i] = sum_j exp(-acos<z_i, z_j>^2 / (2 h_r^2)), j over all m particles, i itself
+ * included. Where grad is not NULL, grad[r][:, i] = sum_j w_ij z_j, w_ij = h^2 K'(x_ij) (c_i + c_j),
+ * c from `c` where it is not NULL, else c_i = 1/(h^2 sums_i): the gradient of sum_i log rho_i.
+ * scratch: `threads` x kde_scratch_floats(stride) floats. */
+void kde_pairs(const float *z, const float *inv_two_h2, int64_t runs, int64_t m, int64_t stride,
+               int64_t threads, float *scratch, float *sums, const float *c, float *grad) {
     const int64_t per_thread = kde_scratch_floats(stride);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < runs; r++) {
@@ -158,10 +98,8 @@ void kde_pair_sums_and_gradient(const float *z, const float *inv_two_h2, int64_t
 #else
         float *S = scratch;
 #endif
-        float *C = S + slope_floats(stride);
         const float *X = z + r * 3 * stride, *Y = X + stride, *Z = Y + stride;
         float *out = sums + r * stride;
-        float *GX = grad + r * 3 * stride, *GY = GX + stride, *GZ = GY + stride;
         const float a = inv_two_h2[r];
         memset(out, 0, stride * sizeof(float));
         float *row_i = S;
@@ -170,6 +108,7 @@ void kde_pair_sums_and_gradient(const float *z, const float *inv_two_h2, int64_t
             const int64_t lane0 = i & ~(int64_t)15;
             float *W = row_i - lane0; /* W[j]: the slope of pair (i, j) */
             float row = 0.0f;
+            /* From i's vector lane on: whole aligned vectors, pairs j < i masked out. */
 #pragma omp simd reduction(+ : row) aligned(X, Y, Z, out, W : 64)
             for (int64_t j = lane0; j < m; j++) {
                 float x = cosine(xi, yi, zi, X[j], Y[j], Z[j]);
@@ -183,7 +122,12 @@ void kde_pair_sums_and_gradient(const float *z, const float *inv_two_h2, int64_t
             out[i] += row;
             row_i += stride - lane0;
         }
-        for (int64_t i = 0; i < stride; i++) C[i] = i < m ? 2.0f * a / out[i] : 0.0f;
+        if (grad == NULL) continue;
+
+        float *C = S + slope_floats(stride);
+        for (int64_t i = 0; i < stride; i++)
+            C[i] = i >= m ? 0.0f : c != NULL ? c[r * stride + i] : 2.0f * a / out[i];
+        float *GX = grad + r * 3 * stride, *GY = GX + stride, *GZ = GY + stride;
         memset(GX, 0, 3 * stride * sizeof(float));
         row_i = S;
         for (int64_t i = 0; i < m; i++) {
@@ -191,8 +135,8 @@ void kde_pair_sums_and_gradient(const float *z, const float *inv_two_h2, int64_t
             const int64_t lane0 = i & ~(int64_t)15, rest = lane0 + 16 < m ? lane0 + 16 : m;
             const float *W = row_i - lane0;
             float gx = 0.0f, gy = 0.0f, gz = 0.0f;
-            /* i's own vector, pairs j < i masked out; then whole vectors, no mask to compute (the
-             * loop is a few multiply-adds per pair, so the masks cost ~7 %). */
+            /* i's own vector, pairs j < i masked out; then whole vectors with no mask to compute
+             * (a few multiply-adds per pair here, so the masks would cost ~7 %). */
 #pragma omp simd reduction(+ : gx, gy, gz) aligned(X, Y, Z, C, W, GX, GY, GZ : 64)
             for (int64_t j = lane0; j < rest; j++) {
                 float w = W[j] * (ci + C[j]);

@@ -432,9 +432,7 @@ def _kde_pairs():
     lib = native.library("kde_pairs")
     if lib is not None:
         p, n = ctypes.c_void_p, ctypes.c_int64
-        lib.kde_pair_sums.argtypes = (p, p, n, n, n, n, p)
-        lib.kde_pair_gradient.argtypes = (p, p, p, n, n, n, n, p)
-        lib.kde_pair_sums_and_gradient.argtypes = (p, p, n, n, n, n, p, p, p)
+        lib.kde_pairs.argtypes = (p, p, n, n, n, n, p, p, p, p)
         lib.kde_scratch_floats.argtypes, lib.kde_scratch_floats.restype = (n,), n
     return lib
 
@@ -445,11 +443,11 @@ class _NativeLogKDE(torch.autograd.Function):
     64-byte vectors.
 
     Where ``z`` needs a gradient, the forward also makes the gradient for a unit upstream weight
-    on every ``log rho_i`` in the same visit of each run's pairs (``kde_pair_sums_and_gradient``:
-    the slopes stay in cache between the passes). Training differentiates ``mean log rho``,
-    whose upstream weight is the same for every particle of a run, so its backward is that
-    gradient times the weight; any other upstream runs the gradient pass. At the authors' Figs.
-    3-4 setting (2 threads): 0.022 s per step for both, against 0.013 + 0.020 s in two passes."""
+    on every ``log rho_i``, in the same visit of each run's pairs (the slopes stay in cache
+    between the passes). Training differentiates ``mean log rho``, whose upstream weight is the
+    same for every particle of a run, so its backward is that gradient times the weight; any
+    other upstream visits the pairs again with its own weights. At the authors' Figs. 3-4
+    setting (2 threads): 0.022 s per step for both, against 0.013 + 0.020 s in two visits."""
 
     @staticmethod
     def forward(ctx, z, bandwidth, lib):
@@ -459,17 +457,8 @@ class _NativeLogKDE(torch.autograd.Function):
         coords[:, :, :m] = z.detach().transpose(1, 2)
         inv_two_h2 = (0.5 / bandwidth**2).contiguous()
         sums = z.new_empty(runs, stride)
-        threads = torch.get_num_threads()
-        unit_gradient = None
-        if ctx.needs_input_grad[0]:
-            unit_gradient = torch.empty_like(coords)
-            scratch = z.new_empty(threads * lib.kde_scratch_floats(stride))
-            lib.kde_pair_sums_and_gradient(
-                native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride, threads,
-                native.pointer(scratch), native.pointer(sums), native.pointer(unit_gradient))
-        else:
-            lib.kde_pair_sums(native.pointer(coords), native.pointer(inv_two_h2), runs, m, stride,
-                              threads, native.pointer(sums))
+        unit_gradient = torch.empty_like(coords) if ctx.needs_input_grad[0] else None
+        _kde_pairs_call(lib, coords, inv_two_h2, m, sums, None, unit_gradient)
         rho = sums[:, :m] / m
         ctx.save_for_backward(coords, rho, bandwidth, inv_two_h2, unit_gradient)
         ctx.lib = lib
@@ -480,16 +469,23 @@ class _NativeLogKDE(torch.autograd.Function):
         coords, rho, bandwidth, inv_two_h2, unit_gradient = ctx.saved_tensors
         runs, m = rho.shape
         per_run = grad_log_rho[:, :1]
-        if unit_gradient is not None and bool((grad_log_rho == per_run).all()):
+        if bool((grad_log_rho == per_run).all()):
             return (unit_gradient[:, :, :m] * per_run[:, :, None]).transpose(1, 2), None, None
-        stride = coords.shape[-1]
-        c = coords.new_zeros(runs, stride)
+        c = coords.new_zeros(runs, coords.shape[-1])
         c[:, :m] = grad_log_rho / (m * rho) / bandwidth[:, None] ** 2
         grad = torch.empty_like(coords)
-        ctx.lib.kde_pair_gradient(native.pointer(coords), native.pointer(c),
-                                  native.pointer(inv_two_h2), runs, m, stride,
-                                  torch.get_num_threads(), native.pointer(grad))
+        _kde_pairs_call(ctx.lib, coords, inv_two_h2, m, torch.empty_like(c), c, grad)
         return grad[:, :, :m].transpose(1, 2), None, None
+
+
+def _kde_pairs_call(lib, coords, inv_two_h2, m, sums, c, grad) -> None:
+    """``kde_pairs`` on ``coords[runs, 3, stride]``: ``sums``, and ``grad`` unless None, with the
+    weights ``c`` (None: a unit upstream weight on every log rho_i)."""
+    runs, _, stride = coords.shape
+    threads = torch.get_num_threads()
+    scratch = coords.new_empty(threads * lib.kde_scratch_floats(stride))
+    lib.kde_pairs(*(native.pointer(t) for t in (coords, inv_two_h2)), runs, m, stride, threads,
+                  *(None if t is None else native.pointer(t) for t in (scratch, sums, c, grad)))
 
 
 def _tiled(program, inputs, row_block, col_block, inv_two_h2, tile_chunk):
