@@ -23,8 +23,10 @@ def main(names: list[str]) -> int:
     allocator = benchmarks.keep_freed_memory()
     for name in names or available:
         print(f"== benchmark {name}", flush=True)
-        numbers = {**importlib.import_module(f"benchmarks.bench_{name}").main(),
-                   "allocator": allocator}
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        benchmarks.reset_peak_rss()
+        numbers = {**module.main(), "allocator": allocator,
+                   "peak_rss_mib": benchmarks.peak_rss_mib()}
         (OUT / f"{name}.json").write_text(json.dumps(numbers, indent=2) + "\n")
         print(json.dumps(numbers, indent=2), flush=True)
     return 0

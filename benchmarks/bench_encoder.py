@@ -5,15 +5,16 @@ cosine critic on L2-normalised outputs, tau = 0.5), the reference gradient in W 
 pool of N_ref negatives, streamed in chunks of 8192 (what the check runs) and, for
 comparison, dense autograd over the whole pool. Each measurement runs in a fresh
 spawned process with one torch thread; its peak memory is the rise of the process's
-maximum resident set size over the baseline taken after the problem is set up, and
+resident set over its size once the problem is set up (:func:`benchmarks.reset_peak_rss`), and
 its CPU time is reported beside the wall time (which other load on the machine inflates).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
+
+from benchmarks import peak_rss_mib, reset_peak_rss
 
 SIZES = tuple(2**k for k in range(14, 21))
 DENSE_SIZES = tuple(2**k for k in range(14, 19))
@@ -33,7 +34,7 @@ def _measure(n_ref: int, streamed: bool) -> dict:
     anchors = mixture.sample(B, gen)
     positives = encoder.augment(anchors, 0.1, gen)
     pool = encoder.ChunkedPool(lambda k, g: mixture.sample(k, g), n_ref, CHUNK, seed=1)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = reset_peak_rss()
     started, cpu_started = time.perf_counter(), time.process_time()
     if streamed:
         encoder.streamed_infonce_gradient(
@@ -45,8 +46,7 @@ def _measure(n_ref: int, streamed: bool) -> dict:
         encoder.infonce_gradient(weights, anchors, positives, negatives, TAU, output="sphere",
                                  critic="cosine")
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
-    return {"n_ref": n_ref, "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": peak_kib / 1024}
+    return {"n_ref": n_ref, "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": peak_rss_mib() - baseline}
 
 
 def main() -> dict:

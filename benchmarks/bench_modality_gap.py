@@ -33,7 +33,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +43,6 @@ from cgeom_verify.kernels import clip_toy, infonce
 SIGMAS = tuple(round(0.1 * i, 1) for i in range(8))
 SEEDS, STEPS, BATCH, TAU, LR, EVAL_PAIRS = 20, 2000, 256, 0.07, 5e-3, 8000
 LOOP_STEPS = 100
-OUT = Path("reports/benchmarks/modality_gap.json")
 
 
 def _timed(fn):
@@ -173,8 +171,6 @@ def main() -> dict:
         "largest_histogram_jeffreys": float(hist.max()),
         "its_D_S_vm_kde": float(gap.ds[hist.argmax()]),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(numbers, indent=2) + "\n")
     print(json.dumps({k: numbers[k] for k in ("batched", "per_run_loop")}, indent=2))
     return numbers
 

@@ -12,8 +12,7 @@ fastest is reported (the machine is shared; slower blocks measure the other proc
 Both in float32 (the authors' dtype). The batched step's KDE kernel is built on first use
 (the C pair loops by the system compiler; the tile programs, where C is unavailable, by
 ``torch.compile``): the first block's wall, in a fresh inductor cache, includes that cold
-build and is reported beside the per-step numbers and added to the full-run estimate. Peak
-memory is the process's maximum resident set (``ru_maxrss``).
+build and is reported beside the per-step numbers and added to the full-run estimate.
 
 ``python -m benchmarks particles`` writes reports/benchmarks/particles.json.
 """
@@ -23,10 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,7 +37,6 @@ WARMUP_STEPS = 3
 #: Timed blocks per configuration; the fastest is reported (the development machine is
 #: shared, so slower blocks measure other processes), all are recorded.
 REPEATS = 3
-OUT = Path("reports/benchmarks/particles.json")
 
 
 def _batched_seconds_per_step(threads: int) -> dict:
@@ -127,11 +123,8 @@ def main() -> dict:
         "authors_loop_s_per_step_per_run": authors,
         "authors_loop_full_wall_min": authors * STEPS * runs / 60,
         "speedup_vs_authors_loop": authors * runs / best["wall_s_per_step"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(numbers, indent=2))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(numbers, indent=2) + "\n")
     return numbers
 
 
