@@ -194,6 +194,26 @@ def test_dense_population_training_matches_the_fourier_oracle():
     torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-9)
 
 
+def test_toy_training_does_not_depend_on_runs_per_program(monkeypatch):
+    """Runs share no parameter, so one run per program and all runs in one program train alike
+    (population and finite-batch groups both; the batches are drawn once per group and step)."""
+    from dataclasses import replace
+
+    from cgeom_verify.kernels import clip_toy, programs
+
+    data = replace(clip_toy.ToyData(), input_noise=0.0)
+    sigma = torch.tensor([0.3, 0.6, 0.3, 0.6], dtype=torch.float64, device=CPU)
+    w = clip_toy.initial_weights(4, _gen(3))
+    args = (data, sigma, w, [fb.Optimiser("adam", 5e-3)] * 4, [0, 0, 8, 8])
+    trained = []
+    for floats in (1, 2**40):
+        monkeypatch.setattr(programs, "PROGRAM_FLOATS", floats)
+        assert programs.items_per_program(CPU, 64, 4) == (1 if floats == 1 else 4)
+        trained.append(fb.train_toy(*args, steps=5, generator=_gen(5), points=32))
+    torch.testing.assert_close(trained[0], trained[1], rtol=1e-12, atol=0)
+    assert programs.items_per_program(torch.device("cuda"), 2**30, 7) == 7
+
+
 def test_batched_optimiser_kinds():
     param = torch.linspace(-1, 1, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)
     grad = torch.linspace(0.5, -0.3, 16, dtype=torch.float64, device=CPU).reshape(2, 2, 2, 2)

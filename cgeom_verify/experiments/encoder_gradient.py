@@ -48,6 +48,7 @@ import torch
 from cgeom_verify import Profiled, stats
 from cgeom_verify.figures import rate_series
 from cgeom_verify.kernels import encoder
+from cgeom_verify.kernels.programs import items_per_program
 from cgeom_verify.settings import derive_seed
 
 # -- the implementation under test ----------------------------------------------------------
@@ -351,11 +352,7 @@ MAX_REPLICATES = Profiled(quick=16384, full=65536)
 #: need ~10^4 replicates per N (30 s of the quick budget for one check); a wrong limit of
 #: that size also tilts the fitted slope by a tenth of its margin.
 PLATEAU_SHARE = 2.0
-#: Replicates per batched program. On the CPU, as many as keep a program near PROGRAM_FLOATS
-#: (cache-sized: the fastest chunk measured held 0.6-1.4 M floats at every setting tried, and
-#: at N = 4096 ran 1.3-2x faster than 256 replicates); on CUDA, where small programs are
-#: launch-bound, REPLICATE_CHUNK (memory: [chunk, B, N] scores and their graph).
-PROGRAM_FLOATS = 2**20
+#: Most replicates per batched program (memory on CUDA: [chunk, B, N] scores and their graph).
 REPLICATE_CHUNK = 256
 
 
@@ -451,10 +448,8 @@ class RateMeasurement:
 
 
 def replicates_per_program(run, setting: EncoderSetting, n: int) -> int:
-    """Replicates of ``n`` negatives simulated in one batched program (see PROGRAM_FLOATS)."""
-    if run.device.type == "cuda":
-        return REPLICATE_CHUNK
-    return max(1, min(REPLICATE_CHUNK, PROGRAM_FLOATS // (n * setting.floats_per_negative)))
+    """Replicates of ``n`` negatives simulated in one batched program (items_per_program)."""
+    return items_per_program(run.device, n * setting.floats_per_negative, REPLICATE_CHUNK)
 
 
 def _squared_errors(run, problem, levels, replicates: int, generator, g_ref):

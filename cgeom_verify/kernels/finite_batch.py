@@ -55,6 +55,7 @@ import torch
 
 from . import clip_toy, encoder, partition, vmf
 from .adam import BatchedAdam
+from .programs import items_per_program
 
 __all__ = [
     "bias_constant",
@@ -386,18 +387,25 @@ def train_toy(data, sigma: torch.Tensor, weights: torch.Tensor, optimisers, batc
         population = population_problem(data, sigma[index[0]], points)
     optimiser = BatchedOptimiser(weights, optimisers)
     for step in range(1, steps + 1):
-        w = optimiser.param.detach().requires_grad_(True)
-        total = w.new_zeros(())
+        param = optimiser.param.detach()
+        grad = torch.empty_like(param)
         for b, rows in index.items():
-            sub = w[:, rows]
             if b == 0:
-                x, a, bb, coupling = population
-                total = total + mm_objective(sub, x, x, a, bb, coupling, tau).sum()
+                x1, a, bb, coupling = population
+                x2 = x1
             else:
                 x1, x2 = _pairs(data, sigma[rows], b, generator)
-                uniform = torch.full((rows.numel(), b), 1.0 / b, dtype=w.dtype, device=w.device)
-                total = total + mm_objective(sub, x1, x2, uniform, uniform, None, tau).sum()
-        (grad,) = torch.autograd.grad(total, w)
+                a = bb = torch.full((rows.numel(), b), 1.0 / b, dtype=param.dtype, device=param.device)
+                coupling = None
+            # Runs share no parameter: each chunk of runs is its own program, forward and backward,
+            # its [runs, n, n] logits cache-sized on the CPU.
+            chunk = items_per_program(param.device, x1.shape[-2] * x2.shape[-2], rows.numel())
+            for lo in range(0, rows.numel(), chunk):
+                part = slice(lo, lo + chunk)
+                leaf = param[:, rows[part]].requires_grad_(True)
+                loss = mm_objective(leaf, x1[part], x2[part], a[part], bb[part],
+                                    None if coupling is None else coupling[part], tau).sum()
+                (grad[:, rows[part]],) = torch.autograd.grad(loss, leaf)
         optimiser.step(grad)
         if observe is not None:
             observe(step, optimiser.param.detach())
