@@ -248,6 +248,26 @@ def test_oracle_symmetric_equals_the_subjects_gradient():
     assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
 
 
+def test_oracle_over_seeds_is_each_seeds_oracle(monkeypatch):
+    """Leading dimensions are independent seeds: the oracle of a stack, whole or in chunks of
+    one seed, is the stack of each seed's oracle."""
+    from cgeom_verify.kernels import programs
+
+    setting = EncoderSetting(input_dim=6, embed_dim=5, critic="cosine", tau=0.4,
+                             include_positive=True, anchors=4, augmentation=0.2)
+    gen = _generator(5)
+    mixture = encoder.random_mixture((3,), 3, 6, radius=4.0, sigma=1.0, generator=gen)
+    weights = encoder.init_weights((3,), 5, 6, gen)
+    anchors = mixture.sample(4, gen)
+    positives, pool = encoder.augment(anchors, 0.2, gen), mixture.sample(50, gen)
+    each = torch.stack([oracle_gradient((weights[i],), (anchors[i], positives[i]), (pool[i],),
+                                        setting) for i in range(3)])
+    for floats in (1, 2**40):
+        monkeypatch.setattr(programs, "PROGRAM_FLOATS", floats)
+        stacked = oracle_gradient((weights,), (anchors, positives), (pool,), setting)
+        torch.testing.assert_close(stacked, each, rtol=1e-13, atol=1e-15)
+
+
 def test_a_plateauing_subject_gets_a_nonnegative_reference_error():
     # squared errors that grow with N: the fitted C is negative, the reference's s.e. is not
     # (master seeds 1015-1017 raised in the planner before this)
