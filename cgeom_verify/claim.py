@@ -204,8 +204,12 @@ class CheckRun:
         ``series`` items are ``{"label", "x", "y"}`` with optional ``"yerr"`` (symmetric
         error bars or band half-widths) or ``"lower"`` and ``"upper"`` (an asymmetric
         interval, e.g. quartiles), and ``"style": "line" | "points" | "band"``; a predicted
-        curve is just another series (e.g. ``"label": "theory: slope -1/2"``).
+        curve is just another series (e.g. ``"label": "theory: slope -1/2"``). With no
+        series (a check stopped before any curve) nothing is published: an empty plot says
+        nothing.
         """
+        if not series:
+            return
         for s in series:
             if ("lower" in s) != ("upper" in s):
                 raise ValueError(f"figure {title!r}: series {s.get('label')!r} needs both lower "

@@ -32,31 +32,23 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-import math
 import os
-import pickle
 import re
 import shutil
 import struct
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import certificate
+from . import certificate, drawing
 from .text import clip
 
-__all__ = ["HTML_NAME", "FIGURES_DIR", "Drawings", "Image", "margin", "render_drawings",
+__all__ = ["HTML_NAME", "FIGURES_DIR", "Drawings", "Image", "render_drawings",
            "render_html", "write_reports"]
 
 HTML_NAME = "certificate.html"
 FIGURES_DIR = "figures"
-_MATH_DPI = 200  # rendered at 2x and shown at half size: sharp on high-density screens
-_PLOT_DPI = 110
-_MARGIN_RANGE = (1e-3, 1e3)  # margins outside are drawn at the edge
 _RECORDS_SHOWN = 4000  # characters of a check's other records shown in the HTML
 
 
@@ -68,137 +60,6 @@ class Image:
     file: str  # name under figures/
     png: bytes | None
     error: str | None = None
-
-
-# -- the generic decision plot -----------------------------------------------------------------
-
-
-def margin(decision: dict) -> float:
-    """The share of its allowed margin a decision used: PASS iff < 1 (<= 1 for a bound).
-
-    * equivalent: furthest interval end from the target / equivalence margin;
-    * at_most: (estimate - target) / (estimate - lower bound);
-    * exceeds: (estimate - lower bound) / (estimate - target), inf if estimate <= target;
-    * bound: |estimate - target| / the stated error bound;
-    * demonstrate: p-value / false-pass rate.
-    An UNDERPOWERED decision is not a PASS whatever its margin.
-    """
-    est, target, kind = decision["estimate"], decision["target"], decision["kind"]
-    lo, hi = decision["interval"]
-    if kind == "equivalent":
-        num, den = max(abs(lo - target), abs(hi - target)), decision["designed"]
-    elif kind == "demonstrate":
-        num, den = decision["p_value"], decision["false_pass_rate"]
-    elif kind == "at_most":
-        num, den = est - target, est - lo
-    elif kind == "exceeds":
-        num, den = est - lo, est - target
-    else:
-        num, den = abs(est - target), decision["designed"]
-    if not all(math.isfinite(v) for v in (num, den)):
-        return math.inf
-    if den <= 0:
-        return 0.0 if num <= 0 and kind != "exceeds" else math.inf
-    return num / den
-
-
-def _margin_rows(claim: dict) -> list[tuple[str, list[dict]]]:
-    rows = [(f"check: {c['name']}", c.get("decisions", [])) for c in claim["checks"]]
-    rows += [(f"control: {c['name']}", c.get("decisions", [])) for c in claim["controls"]]
-    return [(label, decisions) for label, decisions in rows if decisions]
-
-
-def _plot_margins(plt, claim: dict) -> bytes:
-    from matplotlib.ticker import NullLocator
-
-    rows = _margin_rows(claim)
-    lo, hi = _MARGIN_RANGE
-    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.42 * len(rows)), dpi=_PLOT_DPI)
-    for y, (_, decisions) in enumerate(rows):
-        values = [min(max(margin(d), lo), hi) for d in decisions]
-        passed = [d["passed"] for d in decisions]
-        for ok, color, mark in ((True, "#2e7d32", "o"), (False, "#c62828", "x")):
-            xs = [v for v, p in zip(values, passed, strict=True) if p == ok]
-            ax.scatter(xs, [y] * len(xs), c=color, marker=mark, s=22, alpha=0.75, zorder=3,
-                       label=("decision passed" if ok else "decision failed") if y == 0 else None)
-    ax.axvline(1.0, color="#444", lw=1, ls="--", label="decision boundary")
-    ax.set_xscale("log")
-    ax.set_xlim(lo / 1.5, hi * 1.5)
-    # the decades as plain numbers, no minor ticks: log axes' default mathtext labels and
-    # minor ticks took 60 % of this plot's drawing time (45 such plots in a certificate)
-    decades = [10.0**k for k in range(round(math.log10(lo)), round(math.log10(hi)) + 1)]
-    ax.set_xticks(decades, [f"{v:g}" for v in decades])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_yticks(range(len(rows)), [clip(label, 60) for label, _ in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlabel("share of the allowed margin used (pass iff < 1; controls should cross it)")
-    ax.set_title("Decisions of this claim, one point each", fontsize=10)
-    ax.grid(axis="x", which="major", alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    # beside the axes: inside, it hid the controls' points at the right edge
-    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(plt, fig)
-
-
-# -- published curves ----------------------------------------------------------------------
-
-
-def _floats(values) -> list:
-    return [math.nan if v is None else float(v) for v in values]
-
-
-def _plot_figure(plt, spec: dict) -> bytes:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=_PLOT_DPI)
-    for series in spec["series"]:
-        style = series.get("style", "line")
-        x = series["x"]
-        x = x if any(isinstance(v, str) for v in x) else _floats(x)
-        y = _floats(series["y"])
-        label = series["label"]
-        bounds = _bounds(series, y)
-        yerr = None if bounds is None else [[a - b for a, b in zip(y, bounds[0], strict=True)],
-                                            [b - a for a, b in zip(y, bounds[1], strict=True)]]
-        if style == "band":
-            if bounds is None:
-                raise ValueError(f"band series {label!r} needs yerr (its half-width) "
-                                 "or lower and upper")
-            fill = ax.fill_between(x, *bounds, alpha=0.25, label=label)
-            ax.plot(x, y, lw=1, color=fill.get_facecolor()[0][:3])
-        elif style == "points":
-            ax.errorbar(x, y, yerr=yerr, fmt="o", ms=4, capsize=2, label=label)
-        elif style == "line":
-            ax.errorbar(x, y, yerr=yerr, fmt="-", lw=1.5, capsize=2, label=label)
-        else:
-            raise ValueError(f"series {label!r}: unknown style {style!r}")
-    ax.set_xscale(spec["xscale"])
-    ax.set_yscale(spec["yscale"])
-    ax.set_xlabel(spec["xlabel"])
-    ax.set_ylabel(spec["ylabel"])
-    ax.set_title(clip(spec["title"], 80), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    if spec["series"]:
-        ax.legend(fontsize=8)
-    return _png(plt, fig)
-
-
-def _bounds(series: dict, y: list) -> tuple[list, list] | None:
-    """A series' error interval: ``lower``/``upper`` as given, or ``y -+ yerr``."""
-    if "lower" in series:  # the schema and CheckRun.figure require upper with it
-        return _floats(series["lower"]), _floats(series["upper"])
-    if "yerr" in series:
-        yerr = _floats(series["yerr"])
-        return ([a - b for a, b in zip(y, yerr, strict=True)],
-                [a + b for a, b in zip(y, yerr, strict=True)])
-    return None
-
-
-def _png(plt, fig) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
 
 
 def _slug(text: str) -> str:
@@ -215,7 +76,7 @@ class Drawings:
 
 
 def render_drawings(cert: dict) -> Drawings:
-    """Every plot and formula of the certificate, drawn in one round (:func:`_draw_all`).
+    """Every plot and formula of the certificate, drawn in one round (:func:`drawing.draw_all`).
 
     A figure that cannot be drawn (bad scale for its data, unknown style) becomes an
     :class:`Image` with ``error`` set: the report says so; the verdict is untouched,
@@ -223,17 +84,17 @@ def render_drawings(cert: dict) -> Drawings:
     """
     jobs = []
     for claim in cert["claims"]:
-        if _margin_rows(claim):
-            jobs.append(((claim["id"], None), "decisions: share of the margin used", _plot_margins,
-                         claim))
+        if drawing.margin_rows(claim):
+            jobs.append(((claim["id"], None), "decisions: share of the margin used",
+                         drawing.plot_margins, claim))
         for item in (*claim["checks"], *claim["controls"]):
             for spec in item.get("records", {}).get("figures", []):
                 key = (claim["id"], f"{item['kind']}: {item['name']}")
-                jobs.append((key, spec["title"], _plot_figure, spec))
+                jobs.append((key, spec["title"], drawing.plot_figure, spec))
     formulas = sorted({_latex(d) for claim in cert["claims"] for ob in claim["obligations"]
                        for d in ob.get("derivations", [])})
-    drawn = _draw_all([(draw, data) for _, _, draw, data in jobs]
-                      + [(_formula, latex) for latex in formulas])
+    drawn = drawing.draw_all([(draw, data) for _, _, draw, data in jobs]
+                             + [(drawing.formula, latex) for latex in formulas])
     images: dict[tuple[str, str | None], list[Image]] = {}
     for number, ((key, title, _, _), (png, error)) in enumerate(zip(jobs, drawn[:len(jobs)], strict=True), 1):
         file = f"{number:03d}-{_slug(key[0])}-{_slug(title)}.png"
@@ -242,96 +103,9 @@ def render_drawings(cert: dict) -> Drawings:
                              zip(formulas, drawn[len(jobs):], strict=True)})
 
 
-#: drawings per drawing process: each is a fresh interpreter (the package and matplotlib
-#: imported: ~3 s), which ~16 figures at ~0.25 s each pay back.
-_FIGURES_PER_PROCESS = 16
-_DRAWING_CHILD = "import cgeom_verify.report as r; r._draw_piped()"
-
-
-def _draw_all(tasks: list) -> list[tuple[bytes | None, str | None]]:
-    """Every ``(draw, data)`` task drawn, in order: split over child interpreters where there
-    are enough (a quick certificate has ~100 plots and ~70 formulas: ~30 s of matplotlib in
-    one process).
-    Plain child processes fed by pipes, not multiprocessing: its spawn re-runs the parent's
-    ``__main__`` (a user's script), and a fork would copy torch's and execnet's threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    processes = min(cores or 1, len(tasks) // _FIGURES_PER_PROCESS)
-    if processes < 2:
-        return [_draw(task) for task in tasks]
-    shares = [tasks[i::processes] for i in range(processes)]
-    # the children import this very copy of the package (a mutant's, an uninstalled checkout)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))))}
-    try:
-        children = [subprocess.Popen([sys.executable, "-c", _DRAWING_CHILD], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                    for _ in shares[1:]]
-    except OSError:  # no child processes here
-        return [_draw(task) for task in tasks]
-    for child, share in zip(children, shares[1:], strict=True):
-        child.stdin.write(pickle.dumps(share))
-        child.stdin.close()
-    drawn = [[_draw(task) for task in shares[0]]]  # this process draws a share meanwhile
-    for child, share in zip(children, shares[1:], strict=True):
-        out = child.stdout.read()
-        # a child that died (out of memory, killed) leaves its share to this process
-        drawn.append(pickle.loads(out) if child.wait() == 0 else [_draw(t) for t in share])
-    return [drawn[i % processes][i // processes] for i in range(len(tasks))]
-
-
-def _draw_piped() -> None:
-    """A drawing child: pickled tasks on stdin, their drawings pickled to stdout."""
-    out, sys.stdout = sys.stdout.buffer, sys.stderr  # nothing else may reach the pipe
-    tasks = pickle.loads(sys.stdin.buffer.read())
-    out.write(pickle.dumps([_draw(task) for task in tasks]))
-
-
-def _draw(task) -> tuple[bytes | None, str | None]:
-    draw, data = task
-    try:
-        return draw(_pyplot(), data), None
-    except Exception as exc:  # noqa: BLE001 - any drawing failure is reported, not fatal
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-# -- math ------------------------------------------------------------------------------------
-
-# SymPy LaTeX that mathtext does not know, and what it can read instead.
-_MATHTEXT_FIXES = ((r"\limits", ""), (r"\displaystyle", ""), (r"\operatorname", r"\mathrm"))
-
-
 def _latex(derivation: dict) -> str:
     d = derivation
     return f"{d['lhs_latex']} {certificate.LATEX_RELATION[d['relation']]} {d['rhs_latex']}"
-
-
-def _formula(plt, latex: str) -> bytes | None:  # a drawing task (plt: imported already)
-    return _math_png(latex)
-
-
-def _math_png(latex: str) -> bytes | None:
-    """mathtext PNG of one LaTeX formula, or None where mathtext cannot parse it."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.mathtext import math_to_image
-
-    for old, new in _MATHTEXT_FIXES:
-        latex = latex.replace(old, new)
-    buffer = io.BytesIO()
-    try:
-        math_to_image(f"${latex}$", buffer, prop=FontProperties(size=15), dpi=_MATH_DPI,
-                      format="png")
-    except Exception:  # noqa: BLE001 - mathtext covers a subset of LaTeX; fall back to text
-        return None
-    return buffer.getvalue()
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -409,7 +183,7 @@ def _figures(images: list[Image]) -> str:
 def _derivation(d: dict, formulas: dict) -> str:
     text = f"{d['lhs']} {d['relation']} {d['rhs']}"
     png = formulas[_latex(d)]
-    shown = _img(png, text, 100 / _MATH_DPI) if png else f"<code>{_e(text)}</code>"
+    shown = _img(png, text, 100 / drawing.MATH_DPI) if png else f"<code>{_e(text)}</code>"
     verdict = "proven" if d["proven"] else f"NOT proven, residual <code>{_e(d['residual'])}</code>"
     return f'<div class="math">{_e(d["statement"])}: {verdict}<br>{shown}</div>'
 
@@ -417,7 +191,7 @@ def _derivation(d: dict, formulas: dict) -> str:
 def _decision_table(decisions: list[dict], examples: list[dict], control: bool) -> str:
     """The five decisions nearest to (or furthest past) their boundary."""
     failed = "fails" if control else "<b>FAILED</b>"  # a control's check is meant to fail
-    worst = sorted(decisions, key=margin, reverse=True)[:5]
+    worst = sorted(decisions, key=drawing.margin, reverse=True)[:5]
     rows = []
     for d in worst:
         known = d["example"] is not None and 0 <= d["example"] < len(examples)
@@ -429,7 +203,7 @@ def _decision_table(decisions: list[dict], examples: list[dict], control: bool) 
             f"<td class=num>[{_num(d['interval'][0])}, {_num(d['interval'][1])}]</td>"
             f"<td class=num>{_num(d['p_value'])}</td>"
             f"<td class=num>{_num(d['designed'])} / {_num(d['detectable'])}</td>"
-            f"<td class=num>{_num(margin(d))}</td>"
+            f"<td class=num>{_num(drawing.margin(d))}</td>"
             f"<td>{'ok' if d['passed'] else (failed if d['outcome'] == 'FAIL' else 'UNDERPOWERED')}</td>"
             f"<td><code>{_e(clip(json.dumps(setting), 80)) if setting is not None else ''}</code>"
             "</td></tr>")

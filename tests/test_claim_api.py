@@ -109,6 +109,8 @@ def test_figure_series_lengths_are_checked():
         with pytest.raises(ValueError, match=message):
             run.figure("bad", [{"label": "b", "x": [1, 2], "y": [1, 2], **bad}],
                        xlabel="x", ylabel="y")
+    run.figure("empty", [], xlabel="x", ylabel="y")  # a check stopped before any curve
+    assert [f["title"] for f in run.records["figures"]] == ["ok"]
 
 
 def test_explicit_settings_come_first_in_every_profile():

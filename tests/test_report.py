@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from _certified import certified, log
 
-from cgeom_verify import certificate, report, stats
+from cgeom_verify import certificate, drawing, report, stats
 from cgeom_verify.certificate import CertificateError
 from cgeom_verify.settings import RunConfig
 
@@ -38,7 +38,7 @@ def test_margin_is_below_one_exactly_when_the_decision_passes():
     for test in tests:
         decision = test.decide(1e-3).to_json()
         assert decision["outcome"] != "UNDERPOWERED", decision
-        used = report.margin(decision)
+        used = drawing.margin(decision)
         inclusive = test.kind in ("bound", "demonstrate")  # |gap| <= bound, p <= rate
         inside = used <= 1 if inclusive else used < 1
         assert inside == decision["passed"], decision
@@ -149,15 +149,15 @@ def test_figures_drawn_by_child_processes_equal_those_drawn_here(monkeypatch):
     """Where there are enough figures they are split over child interpreters; the PNGs are
     the ones this process draws, in order, and a child that fails leaves its share here."""
     spec = {"title": "t", "xlabel": "x", "ylabel": "y", "xscale": "linear", "yscale": "log"}
-    tasks = [(report._plot_figure, {**spec, "series": [{"label": f"s{k}", "x": [1, 2, 3],
+    tasks = [(drawing.plot_figure, {**spec, "series": [{"label": f"s{k}", "x": [1, 2, 3],
                                                         "y": [1, k + 2, 0.5]}]})
              for k in range(5)]
-    tasks.append((report._plot_figure, {**spec, "series": [{"label": "bad", "style": "?",
+    tasks.append((drawing.plot_figure, {**spec, "series": [{"label": "bad", "style": "?",
                                                             "x": [1], "y": [1]}]}))
-    here = [report._draw(task) for task in tasks]
+    here = [drawing._draw(task) for task in tasks]
     assert here[-1][0] is None and "unknown style" in here[-1][1]
-    monkeypatch.setattr(report, "_FIGURES_PER_PROCESS", 2)
-    monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert report._draw_all(tasks) == here
-    monkeypatch.setattr(report, "_DRAWING_CHILD", "raise SystemExit(3)")
-    assert report._draw_all(tasks) == here
+    monkeypatch.setattr(drawing, "FIGURES_PER_PROCESS", 2)
+    monkeypatch.setattr(drawing.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert drawing.draw_all(tasks) == here
+    monkeypatch.setattr(drawing, "_DRAWING_CHILD", "raise SystemExit(3)")
+    assert drawing.draw_all(tasks) == here
