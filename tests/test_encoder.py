@@ -250,7 +250,7 @@ def test_oracle_symmetric_equals_the_subjects_gradient():
 
 def test_oracle_over_seeds_is_each_seeds_oracle(monkeypatch):
     """Leading dimensions are independent seeds: the oracle of a stack, whole or in chunks of
-    one seed, is the stack of each seed's oracle."""
+    one seed, is the stack of each seed's oracle; a tensor without them is shared."""
     from cgeom_verify.kernels import programs
 
     setting = EncoderSetting(input_dim=6, embed_dim=5, critic="cosine", tau=0.4,
@@ -262,10 +262,15 @@ def test_oracle_over_seeds_is_each_seeds_oracle(monkeypatch):
     positives, pool = encoder.augment(anchors, 0.2, gen), mixture.sample(50, gen)
     each = torch.stack([oracle_gradient((weights[i],), (anchors[i], positives[i]), (pool[i],),
                                         setting) for i in range(3)])
+    shared = torch.stack([oracle_gradient((weights[i],), (anchors[0], positives[0]), (pool[i],),
+                                          setting) for i in range(3)])
     for floats in (1, 2**40):
         monkeypatch.setattr(programs, "PROGRAM_FLOATS", floats)
         stacked = oracle_gradient((weights,), (anchors, positives), (pool,), setting)
         torch.testing.assert_close(stacked, each, rtol=1e-13, atol=1e-15)
+        # anchors without the seeds' dimension: shared by every seed, never sliced
+        stacked = oracle_gradient((weights,), (anchors[0], positives[0]), (pool,), setting)
+        torch.testing.assert_close(stacked, shared, rtol=1e-13, atol=1e-15)
 
 
 def test_a_plateauing_subject_gets_a_nonnegative_reference_error():

@@ -225,14 +225,16 @@ def oracle_gradient(weights: tuple[torch.Tensor, ...], inputs: tuple[torch.Tenso
     """Flat reference gradient ``[..., P]``: one encoder (inputs = (anchors, positives), pool =
     (items,)) or two (inputs = paired anchors (x1, x2), pool = paired items), symmetric loss
     (Thm 4.1). ``setting`` supplies tau, critic, output and include_positive; leading
-    dimensions of the weights are independent replicates (seeds), shared by every tensor."""
+    dimensions of the weights are independent replicates (seeds): a tensor with them holds
+    one slice per seed, one without them is shared by all."""
     seeds = weights[0].shape[0] if weights[0].dim() > 2 else 1
     # replicates share no parameter: cache-sized chunks of them, each its own graph (one graph
     # of 96 seeds x 4096 items made 400 MB embeddings, 1.7x slower on the CPU)
     chunk = items_per_program(weights[0].device, weights[0].shape[-2] * pool[0].shape[-2], seeds)
     if chunk < seeds:
-        def part(tensors, lo):
-            return tuple(t[lo:lo + chunk] for t in tensors)
+        def part(tensors, lo):  # a tensor without the seeds' dimension is shared by all
+            return tuple(t[lo:lo + chunk] if t.dim() > 2 and t.shape[0] == seeds else t
+                         for t in tensors)
         return torch.cat([oracle_gradient(part(weights, lo), part(inputs, lo), part(pool, lo),
                                           setting) for lo in range(0, seeds, chunk)])
     s = setting
