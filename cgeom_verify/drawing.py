@@ -162,7 +162,7 @@ _DRAWING_CHILD = "import cgeom_verify.drawing as d; d.draw_piped()"
 
 def draw_all(tasks: list) -> list[tuple[bytes | None, str | None]]:
     """Every ``(draw, data)`` task drawn, in order: split over child interpreters where there
-    are enough (a quick certificate has ~100 plots and ~70 formulas: ~30 s of matplotlib in
+    are enough (a quick certificate has ~100 plots and ~70 formulas: ~15 s of matplotlib in
     one process).
     Plain child processes fed by pipes, not multiprocessing: its spawn re-runs the parent's
     ``__main__`` (a user's script), and a fork would copy torch's and execnet's threads."""
@@ -222,10 +222,6 @@ _MATHTEXT_FIXES = ((r"\limits", ""), (r"\displaystyle", ""), (r"\operatorname", 
 
 
 def formula(plt, latex: str) -> bytes | None:  # a drawing task (plt: imported already)
-    return math_png(latex)
-
-
-def math_png(latex: str) -> bytes | None:
     """mathtext PNG of one LaTeX formula, or None where mathtext cannot parse it."""
     from matplotlib.font_manager import FontProperties
     from matplotlib.mathtext import math_to_image
