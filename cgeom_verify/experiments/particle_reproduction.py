@@ -27,8 +27,8 @@ the authors' code; quadrature and statistics are float64.
 Designs and cost. Quick: the reproduction at M = 96, 400 steps, 48 seeds at the three
 reported taus; the bias check at M = 96 (and 192 for the M trend), 400 steps, seeds per cell
 designed (4 to ~75). Full: the reproduction at the authors' design and fidelity (M = 768, 5000
-steps, all 7 taus, their 20 seeds: 140 systems, ~0.18 s per step of all of them on one core of
-the development CPU, ~15 min; benchmarks/bench_particles.py); the bias check at M = 384 (table
+steps, all 7 taus, their 20 seeds: 140 systems, ~0.09 s per step of all of them on one core of
+a 2-core AVX2 CPU, ~8 min; benchmarks/bench_particles.py); the bias check at M = 384 (table
 over M in {192, 384, 768}), 2000 steps, designed seeds. The reproduction trains the reported
 taus one at a time, coldest first, and stops as soon as a decision already FAILs
 (:func:`reproduce`): a control costs the stage that rejects it, not the figure.

@@ -36,8 +36,8 @@ they are tile programs over the upper-triangular blocks of the ``[M, M]`` matrix
 float32 kernels agree with a dense float64 evaluation to within 2^-16 (tests/test_particles.py and
 the figs3-4-reproduction evidence). Training's gradient (of ``mean log rho``, one upstream weight
 per run) is made in C with the density, each run's pair slopes kept in cache between the two
-passes. Measured on the 2-core development CPU, 2 threads, all 140 runs: 0.022 s per step for
-density and gradient in C (0.013 + 0.020 s as two passes), against 0.054 + 0.059 s for the
+passes. Measured on a 2-core AVX2 CPU (AMD EPYC Zen 3), 2 threads, all 140 runs: 0.054 s per
+step for density and gradient in C (0.044 + 0.053 s as two passes), against 0.16 s for the
 compiled tiles; see benchmarks/bench_particles.py.
 """
 
@@ -447,7 +447,8 @@ class _NativeLogKDE(torch.autograd.Function):
     between the passes). Training differentiates ``mean log rho``, whose upstream weight is the
     same for every particle of a run, so its backward is that gradient times the weight; any
     other upstream visits the pairs again with its own weights. At the authors' Figs. 3-4
-    setting (2 threads): 0.022 s per step for both, against 0.013 + 0.020 s in two visits."""
+    setting (2 threads, 2-core AVX2 CPU): 0.054 s per step for both, against 0.044 + 0.053 s in
+    two visits."""
 
     @staticmethod
     def forward(ctx, z, bandwidth, lib):
