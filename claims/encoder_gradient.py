@@ -201,10 +201,15 @@ def _record_panel(run, panel: experiment.Fig2Panel, protocol: str, curves: dict,
 def fig2_as_coded(run):
     """The reported value per critic, TOST at +-FIG2_MARGIN, with the SEM of both 20-seed-scale
     means combined (the reported one estimated by ours rescaled to 20 seeds) and Welch degrees
-    of freedom. Seeds from the pilot's per-seed dispersion (``experiment.reproduction_seeds``)."""
+    of freedom. Seeds from the pilot's per-seed dispersion (``experiment.reproduction_seeds``).
+    A panel whose decision already FAILs ends the check: a wrong subject costs one panel."""
     rate = run.decision_false_fail_rate(len(experiment.FIG2_PANELS))
     tests = []
-    for panel in experiment.FIG2_PANELS:
+    for k, panel in enumerate(experiment.FIG2_PANELS):
+        if k and stats.rejects(tests, rate, run.false_pass_rate):
+            run.record("stopped_early", {"panels_run": k, "reason": (
+                "a decision on the panels so far already FAILs at its false-fail rate")})
+            break
         seeds = experiment.reproduction_seeds(run, panel, rate)
         curves = experiment.fig2_curves(run.subject, panel, seeds, run.generator(0),
                                         protocols=("fresh",))["fresh"]
