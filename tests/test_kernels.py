@@ -189,3 +189,17 @@ def test_gibbs_density_normalised_and_partition():
                                          0.5, weights)
     assert math.isclose(log_z.item(), -4.0, abs_tol=1e-13)
 
+
+
+def test_mixture_potential_gradient_is_autograd_of_the_potential():
+    """The closed form -sum_i softmax_i m_i (training's) against autograd of U, with batch
+    dimensions on the wells, unequal weights and points off the sphere (the ambient gradient)."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 50, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    means = torch.nn.functional.normalize(torch.randn(2, 3, 3, generator=gen, dtype=torch.float64), dim=-1)
+    weights = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.1, 0.3]], dtype=torch.float64)
+    kappa = torch.tensor([12.0, 3.0], dtype=torch.float64)
+    (expected,) = torch.autograd.grad(gibbs.mixture_potential(z, means, weights, kappa).sum(), z)
+    closed = gibbs.mixture_potential_gradient(z.detach(), means, weights, kappa)
+    assert torch.allclose(closed, expected, rtol=0, atol=1e-13)
+    assert not torch.allclose(closed, torch.zeros_like(closed), atol=1e-3)  # a real comparison

@@ -3,7 +3,9 @@
 Derivations: docs/derivations.md, "Unimodal landscape: Gibbs minimiser, convexity, concentration".
 
 * :func:`mixture_potential` — ``U(z) = -(1/kappa) log sum_i w_i exp(kappa <z, m_i>)``,
-  the log-sum-exp vMF-mixture potential (the authors' Figs. 3-4 use two wells);
+  the log-sum-exp vMF-mixture potential (the authors' Figs. 3-4 use two wells), and
+  :func:`mixture_potential_gradient`, its gradient in ``z``: ``-sum_i p_i(z) m_i``, ``p`` the
+  wells' softmax weights;
 * :func:`log_partition_function` — ``log Z_tau = log sum_k q_k exp(-U_k / tau)``, the
   quadrature of the partition function (so ``min F = -log Z_tau``, Prop 3.2);
 * :func:`gibbs_log_density` — ``log rho*(z) = -U(z)/tau - log Z_tau`` on the nodes.
@@ -15,14 +17,32 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mixture_potential", "log_partition_function", "gibbs_log_density"]
+__all__ = ["mixture_potential", "mixture_potential_gradient", "log_partition_function",
+           "gibbs_log_density"]
+
+
+def _mixture_logits(z, means, weights, kappa) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kappa <z, m_i> + log w_i`` as ``[..., K, P]``, wells before points, and kappa as a
+    tensor. In this layout a reduction over the few wells runs along the points, vectorised:
+    over a last dimension of K = 2 the CPU's softmax took 7.2 ms against 0.5 ms (140 x 768
+    points), the product 2.2 against 0.7 ms."""
+    kappa = torch.as_tensor(kappa, dtype=z.dtype, device=z.device)
+    logits = kappa[..., None, None] * (means @ z.transpose(-1, -2)) + torch.log(weights).unsqueeze(-1)
+    return logits, kappa
 
 
 def mixture_potential(z: torch.Tensor, means: torch.Tensor, weights: torch.Tensor, kappa) -> torch.Tensor:
     """``U`` at points ``z[..., P, d]`` for wells ``means[..., K, d]``, ``weights[..., K]``."""
-    kappa = torch.as_tensor(kappa, dtype=z.dtype, device=z.device)
-    logits = kappa[..., None, None] * (z @ means.transpose(-1, -2)) + torch.log(weights).unsqueeze(-2)
-    return -torch.logsumexp(logits, dim=-1) / kappa[..., None]
+    logits, kappa = _mixture_logits(z, means, weights, kappa)
+    return -torch.logsumexp(logits, dim=-2) / kappa[..., None]
+
+
+def mixture_potential_gradient(z: torch.Tensor, means: torch.Tensor, weights: torch.Tensor,
+                               kappa) -> torch.Tensor:
+    """``grad_z U = -sum_i softmax_i(kappa <z, m> + log w) m_i`` ``[..., P, d]`` (the ambient
+    gradient: d/dz of the log-sum-exp is the softmax, times kappa, over kappa)."""
+    logits, _ = _mixture_logits(z, means, weights, kappa)
+    return -(torch.softmax(logits, dim=-2).transpose(-1, -2) @ means)
 
 
 def log_partition_function(potential: torch.Tensor, tau, quad_weights: torch.Tensor) -> torch.Tensor:

@@ -107,9 +107,14 @@ class Wells:
 
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """``U(z)`` for ``z[..., P, 3]`` (the shared :func:`gibbs.mixture_potential`)."""
-        means = self.centres(z.dtype, z.device)
-        weights = torch.tensor(self.weights, dtype=z.dtype, device=z.device)
-        return gibbs.mixture_potential(z, means, weights, self.kappa)
+        return gibbs.mixture_potential(z, *self._wells(z), self.kappa)
+
+    def potential_gradient(self, z: torch.Tensor) -> torch.Tensor:
+        """``grad_z U`` in R^3 for ``z[..., P, 3]`` (:func:`gibbs.mixture_potential_gradient`)."""
+        return gibbs.mixture_potential_gradient(z, *self._wells(z), self.kappa)
+
+    def _wells(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.centres(z.dtype, z.device), torch.tensor(self.weights, dtype=z.dtype, device=z.device)
 
 
 @dataclass(frozen=True)
@@ -158,18 +163,30 @@ def train_particles(
     runs = tau.shape[0]
     adam = BatchedAdam(torch.randn(runs, num_particles, 3, generator=generator, dtype=dtype,
                                    device=device), schedule.lr, schedule.betas, schedule.eps)
-    inv_tau = (1.0 / tau)[:, None]
+    potential_weight = (1.0 / (tau * num_particles))[:, None, None]
     for _ in range(schedule.steps):
-        v = adam.param.detach().requires_grad_(True)
-        z = v / v.norm(dim=-1, keepdim=True)
-        per_particle = wells.potential(z) * inv_tau + entropy_weight * log_kde(z, bandwidth)
-        # Runs share no parameter, so the sum over runs gives each run its own gradient.
-        (grad,) = torch.autograd.grad(per_particle.mean(dim=-1).sum(), v)
-        adam.step(grad)
+        adam.step(_objective_gradient(adam.param, wells, potential_weight, bandwidth, entropy_weight))
         if schedule.noise_std > 0:
             noise = torch.randn(adam.param.shape, generator=generator, dtype=dtype, device=device)
             adam.param.add_(noise, alpha=schedule.noise_std)
     return adam.param / adam.param.norm(dim=-1, keepdim=True)
+
+
+def _objective_gradient(v, wells: Wells, potential_weight, bandwidth, entropy_weight) -> torch.Tensor:
+    """Gradient in ``v[runs, M, 3]`` of ``sum_runs mean_i [U(z_i) / tau + entropy_weight log
+    rho_h(z_i)]``, ``z = v / |v|`` (``potential_weight`` = 1 / (tau M) per run; runs share no
+    parameter, so each gets its own). The potential's part in closed form, the KDE's by
+    :func:`log_kde`'s backward (in C, made with the density), then the derivative of
+    ``v / |v|``: the tangential part of the z-gradient over ``|v|``. Written out rather than
+    autograd through the whole loss, whose small operations (in the order of 60 per step) were a
+    third of a step at M = 384 (140 runs, one thread), the kernel's pair work the rest;
+    tests/test_particles.py replays the authors' autograd loop."""
+    norm = v.norm(dim=-1, keepdim=True)
+    z = (v / norm).requires_grad_(True)
+    (entropy,) = torch.autograd.grad(log_kde(z, bandwidth).mean(dim=-1).sum(), z)
+    z = z.detach()
+    g = wells.potential_gradient(z) * potential_weight + entropy_weight * entropy
+    return (g - z * (z * g).sum(dim=-1, keepdim=True)) / norm
 
 
 def log_kde(z: torch.Tensor, bandwidth: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
