@@ -114,8 +114,8 @@ void kde_pairs(const float *z, const float *inv_two_h2, int64_t runs, int64_t m,
             float *W = row_i - lane0; /* W[j]: the slope of pair (i, j) */
             const int64_t rest = lane0 + 16 < m ? lane0 + 16 : m;
             float row = 0.0f;
-            /* i's own vector, pairs j < i masked out; then whole vectors with no mask (~17 % of
-             * the pass when every vector was masked). */
+            /* i's own vector, pairs j < i masked out; then whole vectors with no mask (masking
+             * every vector cost ~17 % of this pass). */
 #pragma omp simd reduction(+ : row) aligned(X, Y, Z, out, W : 64)
             for (int64_t j = lane0; j < rest; j++) {
                 float k = kernel(cosine(xi, yi, zi, X[j], Y[j], Z[j]), a, &W[j]);
