@@ -40,9 +40,10 @@ def mixture_potential(z: torch.Tensor, means: torch.Tensor, weights: torch.Tenso
 def mixture_potential_gradient(z: torch.Tensor, means: torch.Tensor, weights: torch.Tensor,
                                kappa) -> torch.Tensor:
     """``grad_z U = -sum_i softmax_i(kappa <z, m> + log w) m_i`` ``[..., P, d]`` (the ambient
-    gradient: d/dz of the log-sum-exp is the softmax, times kappa, over kappa)."""
+    gradient: d/dz of the log-sum-exp is the softmax, times kappa, over kappa). Made as
+    ``[..., d, P]`` and returned as its transpose: coordinate-major callers get it contiguous."""
     logits, _ = _mixture_logits(z, means, weights, kappa)
-    return -(torch.softmax(logits, dim=-2).transpose(-1, -2) @ means)
+    return -(means.transpose(-1, -2) @ torch.softmax(logits, dim=-2)).transpose(-1, -2)
 
 
 def log_partition_function(potential: torch.Tensor, tau, quad_weights: torch.Tensor) -> torch.Tensor:
