@@ -61,6 +61,10 @@ _ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.,:;'()\[\]/+\-=<>^*|]*$")
 
 
+#: Why a check stopped early when :meth:`CheckRun.already_fails`.
+ALREADY_FAILS = "a decision on the work done so far already FAILs at its false-fail rate"
+
+
 @dataclass(frozen=True)
 class Profiled:
     """A value that depends on the run profile: ``quick`` for CI, ``full`` for nightly."""
@@ -169,8 +173,8 @@ class CheckRun:
         for i, setting in enumerate(self.settings):
             if i:
                 outside = {r["example"] for r in self.outside_assumptions}
-                if stats.rejects(tests, rate, self.false_pass_rate):
-                    reason = "a decision on the settings so far already FAILs at its false-fail rate"
+                if self.already_fails(tests, rate):
+                    reason = ALREADY_FAILS
                 elif None in outside or len(self.settings) - len(outside) < self.min_applicable:
                     reason = ("more settings are outside the assumptions than the check's floor "
                               f"({self.min_applicable} inside) allows")
@@ -178,10 +182,21 @@ class CheckRun:
                     reason = None
                 if reason:
                     self.settings_run = i
-                    self.record("stopped_early", {"settings_run": i, "settings": len(self.settings),
-                                                  "reason": reason})
+                    self.record_stop(reason, settings_run=i, settings=len(self.settings))
                     return
             yield i, setting
+
+    def already_fails(self, tests: list, rate: float) -> bool:
+        """Whether a decision in ``tests`` already FAILs at ``rate``, its designed per-decision
+        false-fail rate: the test by which a check stops early, valid at any power
+        (:func:`stats.rejects`)."""
+        return stats.rejects(tests, rate, self.false_pass_rate)
+
+    def record_stop(self, reason: str = ALREADY_FAILS, **progress) -> None:
+        """Record that the check stopped before all its work (``stopped_early``): why (by
+        default, :meth:`already_fails`), and how far it got (``progress``: what was run, in the
+        check's own units)."""
+        self.record("stopped_early", {**progress, "reason": reason})
 
     def generator(self, example: int | None = None) -> torch.Generator:
         """A torch generator on the run's device, seeded for one example (or the check)."""

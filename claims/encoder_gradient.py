@@ -206,9 +206,8 @@ def fig2_as_coded(run):
     rate = run.decision_false_fail_rate(len(experiment.FIG2_PANELS))
     tests = []
     for k, panel in enumerate(experiment.FIG2_PANELS):
-        if k and stats.rejects(tests, rate, run.false_pass_rate):
-            run.record("stopped_early", {"panels_run": k, "reason": (
-                "a decision on the panels so far already FAILs at its false-fail rate")})
+        if k and run.already_fails(tests, rate):
+            run.record_stop(panels_run=k)
             break
         seeds = experiment.reproduction_seeds(run, panel, rate)
         curves = experiment.fig2_curves(run.subject, panel, seeds, run.generator(0),

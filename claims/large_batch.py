@@ -297,7 +297,7 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
             for k, kernels in enumerate(source.relative_kernels)]
 
     pilot_premise = premise(pilot, "pilot draws")
-    if experiment.rejected(run, pilot_premise, rate):
+    if run.already_fails(pilot_premise, rate):
         return tests + pilot_premise
     constants = experiment.value_constants(setting, prediction, pilot_plan.fit_sizes, pilot,
                                            pilot_plan.fit_rows)
@@ -365,7 +365,7 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
                 for k in range(len(target))]
 
     pilot_premise = premise(pilot, "pilot draws")
-    if experiment.rejected(run, pilot_premise, rate):
+    if run.already_fails(pilot_premise, rate):
         return pilot_premise
     pilot_constants = experiment.gradient_constants(setting, prediction, pilot_plan.sizes,
                                                     pilot_plan.fit_rows, pilot)

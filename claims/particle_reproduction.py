@@ -151,13 +151,11 @@ def reproduces_authors(run):
         return tests
 
     measured = experiment.reproduce(
-        run, design, taus, stop=lambda so_far: stats.rejects(
-            compared_with_authors(so_far), rate, run.false_pass_rate))
+        run, design, taus, stop=lambda so_far: run.already_fails(compared_with_authors(so_far), rate))
     tests = (cap_quadrature_test(run, taus) + kernel_precision_tests(run, design.particles)
              + compared_with_authors(measured))
     if measured.taus != tuple(taus):
-        run.record("stopped_early", {"trained_taus": list(measured.taus), "reason": (
-            "a decision on the taus trained so far already FAILs at its false-fail rate")})
+        run.record_stop(trained_taus=list(measured.taus))
     run.record("gibbs_quadrature_refinement", {
         "taus": list(taus), "|96 - 192 nodes|": np.abs(measured.gibbs - measured.finer).tolist()})
     run.record("trained_vs_gibbs", measured.rows())
@@ -212,14 +210,11 @@ def surrogate_regime(run):
                           "planning_sd": "pilot s.d. x 1.5 (PILOT_SD)",
                           "agreement_margin": f"{run.relative_discrepancy:.0%} of the Gibbs mass"})
     m0 = design.particles
-    cells = experiment.train_grid(run, design, plan, stop=lambda so_far: stats.rejects(
-        _regime_tests(run, m0, so_far, complete=False), rate, run.false_pass_rate))
+    cells = experiment.train_grid(run, design, plan, stop=lambda so_far: run.already_fails(
+        _regime_tests(run, m0, so_far, complete=False), rate))
     complete = len(cells) == len(plan)
     if not complete:
-        run.record("stopped_early", {
-            "trained_particle_counts": sorted({key[2] for key in cells}),
-            "reason": "a decision on the particle counts trained so far already FAILs at its "
-                      "false-fail rate"})
+        run.record_stop(trained_particle_counts=sorted({key[2] for key in cells}))
     run.record("cells", [cell.row() for cell in cells.values()])
     tests = cap_quadrature_test(run, sorted({c[0] for c in (*agree, *disagree)}))
     tests += _regime_tests(run, m0, cells, complete)

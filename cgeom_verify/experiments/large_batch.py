@@ -434,13 +434,6 @@ def top_up(run, setting: BatchSetting, prediction: Prediction, plan: Design, sim
     return sim, constants_of(sim)
 
 
-def rejected(run, premise: list, decision_rate: float) -> bool:
-    """Whether the pilot's draws already reject a premise at the decision's false-fail rate (a
-    rejection is valid at any power): the check FAILs whatever a main run would show, so none
-    is drawn (a wrong law then costs a pilot, not a climb through the regime octaves)."""
-    return stats.rejects(premise, decision_rate, run.false_pass_rate)
-
-
 def pilot_run(run, i: int, setting: BatchSetting, prediction: Prediction, generator, *,
               gradient: bool) -> tuple[Design, Simulation] | None:
     """The pilot: PILOT_REPLICATES replicates on the first grid, drawn to measure the
