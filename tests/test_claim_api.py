@@ -177,6 +177,36 @@ def test_a_check_stops_at_the_settings_that_settle_it():
     assert rejected["applicable"]["inside_assumptions"] == 0
 
 
+def test_a_check_stops_between_its_own_stages_once_a_decision_fails():
+    """A check's own stages (panels, training stages) stop the same way: CheckRun.already_fails
+    on the decisions so far, and CheckRun.record_stop says why and how far it got."""
+    from cgeom_verify import stats
+    from cgeom_verify.claim import ALREADY_FAILS
+    from cgeom_verify.evidence import check_evidence, control_evidence
+
+    claim = Claim(id="staged", reference="r", statement="s", subject=0.0)
+    stages = []
+
+    def decide(run):
+        rate, tests = run.decision_false_fail_rate(3), []
+        for k in range(3):
+            if k and run.already_fails(tests, rate):
+                run.record_stop(stages_run=k)
+                break
+            stages.append(k)
+            tests.append(stats.within_precision(f"stage {k}: offset = 0", run.subject, 0.0, 0.5))
+        return tests
+
+    check = claim.check("c", settings=st.just(0), examples=Profiled(1, 1))(decide)
+    passed = check_evidence(check, RunConfig(), 0.01)
+    assert stages == [0, 1, 2] and passed["outcome"] == "PASS" and "stopped_early" not in passed["records"]
+
+    stages.clear()
+    rejected = control_evidence(claim.control("offset 1", check=check, mutant=1.0), RunConfig(), 0.01)
+    assert stages == [0] and rejected["rejected"] and rejected["outcome"] == "FAIL"
+    assert rejected["records"]["stopped_early"] == {"stages_run": 1, "reason": ALREADY_FAILS}
+
+
 def test_settings_a_strategy_cannot_draw_do_not_count_as_applicable():
     from cgeom_verify import stats
     from cgeom_verify.evidence import check_evidence
