@@ -17,7 +17,8 @@ keeps their gradients apart, because each slice only enters its own loss.
 
 Public API:
 
-* :class:`GaussianMixture`, :func:`random_mixture`, :func:`augment`, :func:`init_weights`;
+* :class:`GaussianMixture`, :func:`random_mixture`, :func:`augment`, :func:`init_weights`,
+  :func:`gaussian_noise`;
 * :func:`encode` (and :data:`OUTPUTS`);
 * :func:`infonce_gradient`, :func:`symmetric_infonce_gradient`: finite-N gradients in
   theta, from the shared losses of :mod:`.infonce` (``detach_negatives`` reproduces
@@ -39,6 +40,7 @@ from .streaming import streamed_logsumexp
 
 __all__ = [
     "OUTPUTS",
+    "gaussian_noise",
     "GaussianMixture",
     "random_mixture",
     "augment",
@@ -51,6 +53,19 @@ __all__ = [
 ]
 
 OUTPUTS = ("sphere", "tanh")
+
+
+def gaussian_noise(shape, generator: torch.Generator, dtype) -> torch.Tensor:
+    """Standard normals ``shape`` in ``dtype``, on the generator's device, drawn in float32.
+
+    The inputs' noise is the bulk of the encoder checks' random draws (millions per setting),
+    and torch's float32 sampler is vectorised where its float64 one is not: 3x faster per
+    draw on an AVX2 CPU (drawn in float64, the sampling was 37 % of the full profile's rate
+    checks; 18 % so). The price is float32's: each value is rounded to 24 bits, and the
+    CPU sampler's 24-bit uniforms (Box-Muller) cut the tail at |noise| = sqrt(48 ln 2) = 5.77
+    (probability 6e-8). The subject and the oracle draw from the same law."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32,
+                       device=generator.device).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -70,8 +85,7 @@ class GaussianMixture:
         means = self.means.expand(*shape, k, m)
         component = torch.randint(k, (*shape, n), generator=generator, device=self.means.device)
         centres = torch.gather(means, -2, component.unsqueeze(-1).expand(*shape, n, m))
-        noise = torch.randn(*shape, n, m, generator=generator, dtype=self.means.dtype,
-                            device=self.means.device)
+        noise = gaussian_noise((*shape, n, m), generator, self.means.dtype)
         return noise.mul_(self.sigma).add_(centres)  # in place: one pass, no temporaries
 
 
@@ -91,8 +105,7 @@ def augment(inputs: torch.Tensor, noise: float, generator: torch.Generator,
     """Paired views: ``x + noise * N(0, I)`` (a positive), or ``A x + noise * N(0, I)`` with
     ``mixing = A`` ``[m2, m]`` (the second modality of a paired dataset)."""
     view = inputs if mixing is None else inputs @ mixing.transpose(-1, -2)
-    return view + noise * torch.randn(view.shape, generator=generator, dtype=view.dtype,
-                                      device=view.device)
+    return view + noise * gaussian_noise(view.shape, generator, view.dtype)
 
 
 def init_weights(batch: tuple[int, ...], d: int, m: int, generator: torch.Generator,
