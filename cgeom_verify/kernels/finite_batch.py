@@ -119,14 +119,17 @@ def sample_vmf_s2(mean: torch.Tensor, kappa: torch.Tensor, generator: torch.Gene
 
     On S^2 the cosine ``w = <x, mean>`` has density proportional to ``exp(kappa w)`` on [-1, 1], so
     ``w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa`` (``w = 2u - 1`` at kappa = 0); the tangent
-    direction is uniform. Ten times faster than the general rejection sampler (:mod:`.vmf`).
+    direction is uniform: a Gaussian projected on the tangent plane and normalised, drawn in
+    float32 (:func:`.encoder.gaussian_noise`: 3x faster, and a direction needs no finer
+    resolution; this claim's draws ran 1.2x faster). Ten times faster than the general
+    rejection sampler (:mod:`.vmf`).
     """
     if mean.shape[-1] != 3:
         raise ValueError("the inverse-CDF sampler is for S^2 (d = 3)")
     u = torch.rand(mean.shape[:-1], generator=generator, dtype=mean.dtype, device=mean.device)
     safe = torch.where(kappa > 0, kappa, torch.ones_like(kappa))
     w = torch.where(kappa > 0, 1 + torch.log(u + (1 - u) * torch.exp(-2 * safe)) / safe, 2 * u - 1)
-    v = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    v = encoder.gaussian_noise(mean.shape, generator, mean.dtype)
     v = v - (v * mean).sum(-1, keepdim=True) * mean
     v = v / v.norm(dim=-1, keepdim=True)
     w = w.clamp(-1.0, 1.0).unsqueeze(-1)
