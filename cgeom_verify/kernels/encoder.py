@@ -58,12 +58,13 @@ OUTPUTS = ("sphere", "tanh")
 def gaussian_noise(shape, generator: torch.Generator, dtype) -> torch.Tensor:
     """Standard normals ``shape`` in ``dtype``, on the generator's device, drawn in float32.
 
-    The inputs' noise is the bulk of the encoder checks' random draws (millions per setting),
-    and torch's float32 sampler is vectorised where its float64 one is not: 3x faster per
-    draw on an AVX2 CPU (drawn in float64, the sampling was 37 % of the full profile's rate
-    checks; 18 % so). The price is float32's: each value is rounded to 24 bits, and the
-    CPU sampler's 24-bit uniforms (Box-Muller) cut the tail at |noise| = sqrt(48 ln 2) = 5.77
-    (probability 6e-8). The subject and the oracle draw from the same law."""
+    For bulk draws: the encoder checks' input noise (millions per setting) and the finite-batch
+    vMF draws' tangent directions. Torch's float32 sampler is vectorised where its float64 one
+    is not: 3x faster per draw on an AVX2 CPU (drawn in float64, the sampling was 37 % of the
+    full profile's encoder rate checks; 18 % so). The price is float32's: each value is rounded
+    to 24 bits, and the CPU sampler's 24-bit uniforms (Box-Muller) cut the tail at
+    |noise| = sqrt(48 ln 2) = 5.77 (probability 6e-8). A check's subject and its oracle draw
+    from the same law."""
     return torch.randn(shape, generator=generator, dtype=torch.float32,
                        device=generator.device).to(dtype)
 

@@ -121,7 +121,7 @@ def sample_vmf_s2(mean: torch.Tensor, kappa: torch.Tensor, generator: torch.Gene
     ``w = 1 + log(u + (1 - u) exp(-2 kappa)) / kappa`` (``w = 2u - 1`` at kappa = 0); the tangent
     direction is uniform: a Gaussian projected on the tangent plane and normalised, drawn in
     float32 (:func:`.encoder.gaussian_noise`: 3x faster, and a direction needs no finer
-    resolution; this claim's draws ran 1.2x faster). Ten times faster than the general
+    resolution; the finite-batch bias claim ran 1.2x faster). Ten times faster than the general
     rejection sampler (:mod:`.vmf`).
     """
     if mean.shape[-1] != 3:
