@@ -35,6 +35,7 @@ from scipy import stats as _scipy_stats
 from . import stats
 from .claim import Claim, Profiled
 from .kernels import two_sample as ts
+from .options import KINDS, OBJECTIVES, RETRIEVALS, STATEMENT
 
 __all__ = [
     "SHIPPED",
@@ -571,11 +572,6 @@ def shift_statistics(source: Source, design: Design, bootstrap: int, seed: int, 
 
 
 # --- the claim factory ------------------------------------------------------------------------
-
-KINDS = ("trained", "random")
-RETRIEVALS = ("top1", "rank")
-OBJECTIVES = ("held", "closing-favoured")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -1155,11 +1151,6 @@ def trend_claim(series: Series, design: Design = DESIGN, claim_id: str = "audit-
 
 
 # --- cgeom-verify audit ---------------------------------------------------------------------------
-
-
-#: How ``cgeom-verify audit`` states the claims unless told otherwise: a trained model whose
-#: recall@1 is claimed and whose gap the objective holds (CLIP at its learned temperature).
-STATEMENT = {"kind": "trained", "retrieval": "top1", "objective": "held"}
 
 
 def audit_specs(files, temperature: float, statement: dict = STATEMENT) -> list[ModelSpec]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scipy import stats as _scipy_stats
-
 from .certificate import atomic_write
 from .options import run_arguments
 from .repeat import certify
@@ -32,6 +30,8 @@ def calibrate(seeds: list[int], run_options: list[str], out: Path, family_alpha:
         runs.append({"seed": seed, **outcome})
         progress(f"[{k}/{len(seeds)}] seed {seed}: {outcome['verdict']} ({outcome['wall_time_s']} s)"
                  + (f" — {'; '.join(outcome['not_passed'][:2])}" if outcome["verdict"] != "PASS" else ""))
+    from scipy import stats as _scipy_stats
+
     not_passed = sum(r["verdict"] != "PASS" for r in runs)
     summary = {
         "family_alpha": family_alpha,

@@ -28,9 +28,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
-from .claim import RELATIVE_DISCREPANCY
 from .registry import ProviderProblem, RegisteredClaim
 from .settings import RunConfig
 
@@ -94,6 +91,10 @@ def _git() -> dict:
 
 
 def environment(run: RunConfig) -> dict:
+    import torch  # here, not at the top: the command line reads certificates without torch
+
+    from .claim import RELATIVE_DISCREPANCY
+
     device = run.torch_device()
     return {
         "python": platform.python_version(),

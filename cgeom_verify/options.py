@@ -6,7 +6,9 @@ parse and validate them the same way (:func:`run_config`, :func:`select_claims`,
 :func:`id_list`): the command line validates them before it starts pytest and hands
 them on as ``--cgeom-*`` arguments (:func:`pytest_arguments`, :func:`pytest_command`),
 where the plugin reads them back. :func:`run_arguments` writes them as ``cgeom-verify run``
-arguments (replay, calibration and mutation runs).
+arguments (replay, calibration and mutation runs). The audit command's statement choices
+(:data:`KINDS`, :data:`RETRIEVALS`, :data:`OBJECTIVES`, :data:`STATEMENT`) live here too, so the
+command line is built without importing the numeric libraries the audit runs on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from . import registry
 from .settings import ConfigError, RunConfig
 
-__all__ = ["Option", "RUN_OPTIONS", "add_arguments", "add_pytest_options", "pytest_arguments",
-           "pytest_command", "run_arguments", "run_config", "discover", "select_claims", "id_list"]
+__all__ = ["Option", "RUN_OPTIONS", "KINDS", "RETRIEVALS", "OBJECTIVES", "STATEMENT", "add_arguments",
+           "add_pytest_options", "pytest_arguments", "pytest_command", "run_arguments", "run_config",
+           "discover", "select_claims", "id_list"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,14 @@ RUN_OPTIONS = (
 )
 _BY_NAME = {o.name: o for o in RUN_OPTIONS}
 _BY_DEST = {o.dest: o for o in RUN_OPTIONS}
+
+#: How ``cgeom-verify audit`` may state the §5 claims of a model (:mod:`.audit`), and how it
+#: states them unless told otherwise: a trained model whose recall@1 is claimed and whose gap
+#: the objective holds (CLIP at its learned temperature).
+KINDS = ("trained", "random")
+RETRIEVALS = ("top1", "rank")
+OBJECTIVES = ("held", "closing-favoured")
+STATEMENT = {"kind": "trained", "retrieval": "top1", "objective": "held"}
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,

@@ -23,8 +23,10 @@ import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from .claim import Claim
+if TYPE_CHECKING:  # claim loads torch and SymPy; the command line lists options without them
+    from .claim import Claim
 
 __all__ = ["GROUP", "RegisteredClaim", "ProviderProblem", "Registry", "discover"]
 
@@ -87,6 +89,8 @@ def _modules(provider: str, package: str, problems: list[ProviderProblem]) -> li
 
 
 def _claims_in(module: ModuleType) -> list[Claim]:
+    from .claim import Claim
+
     return [v for v in vars(module).values() if isinstance(v, Claim)]
 
 

@@ -14,12 +14,11 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from hypothesis import HealthCheck, Phase, given, seed
-from hypothesis import settings as hypothesis_settings
-from hypothesis.internal.conjecture import providers
-from hypothesis.strategies import SearchStrategy
+if TYPE_CHECKING:  # torch and Hypothesis load where used: the command line validates without them
+    import torch
+    from hypothesis.strategies import SearchStrategy
 
 __all__ = [
     "PROFILES",
@@ -58,18 +57,28 @@ class RunConfig:
             raise ConfigError(f"alpha must lie in (0, 1), got {self.family_alpha}")
         if not 0.0 < self.false_pass_rate < 1.0:
             raise ConfigError(f"false-pass rate must lie in (0, 1), got {self.false_pass_rate}")
-        resolve_device(self.device)
+        _check_device(self.device)
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for an absent CUDA is an error."""
+def _check_device(name: str) -> None:
+    """A device name the run can use: one of DEVICES, and CUDA only where it is available."""
     if name not in DEVICES:
         raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA device is available")
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but no CUDA device is available")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for an absent CUDA is an error."""
+    import torch
+
+    _check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -95,6 +104,9 @@ def draw_settings(strategy: SearchStrategy, count: int, draw_seed: int) -> list:
     over a fixed sample of settings, and its failure is replayed from the recorded
     seed rather than shrunk. Hypothesis still front-loads boundary cases.
     """
+    from hypothesis import HealthCheck, Phase, given, seed
+    from hypothesis import settings as hypothesis_settings
+
     drawn: list = []
 
     @seed(draw_seed)
@@ -123,6 +135,8 @@ def _seed_alone():
     harvest is replaced by the empty set while drawing, and the cache of permitted constants,
     filled from either, is cleared on both sides. (hypothesis is pinned in constraints.txt;
     tests/test_claim_api.py fails if this hook moves.)"""
+    from hypothesis.internal.conjecture import providers
+
     harvest = providers._get_local_constants
     providers._get_local_constants = providers.Constants
     providers.CONSTANTS_CACHE.cache.clear()

@@ -16,9 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .claim import Claim
 from .settings import ConfigError
+
+if TYPE_CHECKING:
+    from .claim import Claim
 
 __all__ = ["Shard", "item_keys", "check_count"]
 

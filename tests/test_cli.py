@@ -1,5 +1,8 @@
 """The command line: listing and one-line errors for bad input (no tracebacks)."""
 
+import subprocess
+import sys
+
 import pytest
 
 from cgeom_verify import cli
@@ -33,6 +36,20 @@ def _exit_status(argv):
         return cli.main(argv)
     except SystemExit as exc:
         return exc.code
+
+
+def test_the_command_line_validates_a_run_without_the_numeric_libraries():
+    """Parsing and validating ``run`` (profile, seed, device auto, alpha, shard; no claim ids
+    to look up) loads none of torch, SymPy, Hypothesis, SciPy, NumPy or matplotlib: they took
+    ~4 s of every command before pytest or the work itself started. In a fresh interpreter,
+    since this one has them all."""
+    code = ("import sys; from cgeom_verify import cli, options; from cgeom_verify.shard import Shard; "
+            "a = cli._parser().parse_args(['run', '--seed', '7', '--shard', '1/2']); "
+            "options.run_config(vars(a)); Shard.parse(a.shard); "
+            "print(' '.join(m for m in ('torch', 'sympy', 'hypothesis', 'scipy', 'numpy', "
+            "'matplotlib') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
 
 
 def test_list_names_claims_and_their_package(capsys, monkeypatch):
