@@ -16,7 +16,9 @@ negatives) the slope b of ``log MSE_N = a + b log N + c/N`` is -1 (TOST, margin 
 3 % full: an error norm decaying as N^{-1/4} fails), and the plateau D of ``MSE_N = C/N +
 E/N^2 + D`` is at most the reference's own error C/N_ref (``at_most``): a gradient that
 converges to the wrong vector plateaus. Negative control: stop-gradient through the
-negatives (``detach_negatives``), a real implementation bug.
+negatives (``detach_negatives``), a real implementation bug. The subject computes in float32,
+as the authors' code trains; each setting bounds its rounding against the same subject in
+float64 on the same pools (``bound``), and Fig. 2 each panel's.
 
 Fig. 2 (the authors' setting, B = 64, m = 64, d = 128, N_ref = 4096): reported
 ``cos(g_N, g_ref) ~ 0.94`` (cosine) and ``~ 0.96`` (RBF) at N = 256, certified under the
@@ -80,7 +82,10 @@ def rate_tests(run, measured: experiment.RateMeasurement, label: str = "") -> li
       margin 10 % (quick) / 3 % (full) of it, so an N^(-1/2) error norm (b = -1/2) fails;
     * plateau D of ``MSE_N = C/N + E/N^2 + D``: at most the reference's own error C/N_ref; the
       designed excess is PLATEAU_SHARE x that share of C/N at the largest N. A gradient
-      converging to the wrong vector plateaus.
+      converging to the wrong vector plateaus;
+    * the subject's float32 rounding: its gradient is within ROUNDING_SHARE x sqrt(plateau
+      design), the distance of the nearest wrong limit the plateau must catch, of the subject in
+      float64 on the same pools at the largest N (a deterministic bound: no false-fail rate).
     """
     fit = measured.fit
     slope, slope_se = fit.slope
@@ -92,13 +97,20 @@ def rate_tests(run, measured: experiment.RateMeasurement, label: str = "") -> li
                       fit.plateau_se, fit.reference_mse, discrepancy=measured.plateau_design,
                       example=measured.example,
                       note="designed excess: PLATEAU_SHARE rel C/N at the largest N"),
+        stats.within_precision(f"{label}float32 subject = float64 subject on the same pools",
+                               measured.rounding_error, 0.0,
+                               experiment.ROUNDING_SHARE * math.sqrt(measured.plateau_design),
+                               example=measured.example,
+                               note=f"max |g_N - g_N(float64)| over {experiment.ROUNDING_POOLS} "
+                                    "pools at the largest N; bound: ROUNDING_SHARE sqrt(plateau "
+                                    "design)"),
     ]
 
 
 def _consistency_tests(run, problem_type) -> list:
     """The rate decisions (:func:`rate_tests`) per applicable setting, on the main run its pilot
     designed (``experiment.plan_rate``, ``experiment.measure_rate``), shared by Thm 3.1 and 4.1."""
-    rate = run.decision_false_fail_rate(2 * len(run.settings))
+    rate = run.decision_false_fail_rate(2 * len(run.settings))  # the rounding bound spends none
     tests, measured = [], []
     for i, setting in run.settings_until_settled(tests, rate):
         reason = experiment.outside_assumptions(setting)
@@ -202,7 +214,8 @@ def fig2_as_coded(run):
     """The reported value per critic, TOST at +-FIG2_MARGIN, with the SEM of both 20-seed-scale
     means combined (the reported one estimated by ours rescaled to 20 seeds) and Welch degrees
     of freedom. Seeds from the pilot's per-seed dispersion (``experiment.reproduction_seeds``).
-    A panel whose decision already FAILs ends the check: a wrong subject costs one panel."""
+    A panel whose decision already FAILs ends the check: a wrong subject costs one panel. The
+    subject's float32 rounding is bounded per panel (deterministic: no false-fail rate)."""
     rate = run.decision_false_fail_rate(len(experiment.FIG2_PANELS))
     tests = []
     for k, panel in enumerate(experiment.FIG2_PANELS):
@@ -222,6 +235,12 @@ def fig2_as_coded(run):
             f"{panel.critic}: mean cos at N=256 = reported {panel.reported_cos_at_256}",
             float(mean), se, panel.reported_cos_at_256, margin=experiment.FIG2_MARGIN, df=df,
             note=f"{seeds} seeds; margin: 2-digit report of a 20-seed mean (see FIG2_MARGIN)"))
+        tests.append(stats.within_precision(
+            f"{panel.critic}: float32 subject's cos = float64 subject's on the same inputs",
+            experiment.fig2_rounding_error(run, panel), 0.0,
+            experiment.ROUNDING_SHARE * experiment.FIG2_MARGIN,
+            note=f"max over the {experiment.FIG2_PILOT_SEEDS} pilot seeds and every N; "
+                 "bound: ROUNDING_SHARE of the margin"))
     return tests
 
 

@@ -1,6 +1,8 @@
 """Tests of cgeom_verify.kernels.encoder: the input model, the encoders, finite-N and
 streamed reference gradients (against dense autograd and finite differences)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from cgeom_verify.kernels import encoder, infonce
 from claims.encoder_gradient import rate_tests
 
 CRITICS = [("cosine", "sphere"), ("rbf", "tanh")]
+SUBJECT_FLOAT64 = replace(SUBJECT, dtype=torch.float64)
 
 
 def _generator(seed=0):
@@ -178,34 +181,42 @@ def test_symmetric_gradient_and_streamed_reference_agree():
         assert torch.allclose(d, 0.5 * (g12 + g21), rtol=0, atol=1e-12)
 
 
-def _measurement(run, n, errors):
+def _measurement(run, n, errors, rounding_error=0.0):
     # squared errors [levels, R] against a reference of 2^19, the plateau designed from their fit
     fit = experiment.fit_rate(n, errors, 2**19)
     return experiment.RateMeasurement(0, fit, np.ones_like(errors),
-                                      experiment.plateau_design(run.relative_discrepancy, fit))
+                                      experiment.plateau_design(run.relative_discrepancy, fit),
+                                      rounding_error)
 
 
-def _rate_decisions(plateau, replicates=4096):
+def _rate_decisions(plateau, replicates=4096, rounding_error=0.0):
     # Squared errors with the exact law C/N * chi2_5/5 (+ a plateau), on the quick grid.
     rng = np.random.default_rng(0)
     n = np.array([2.0**k for k in range(5, 11)])
     errors = 3.0 / n[:, None] * rng.chisquare(5, (len(n), replicates)) / 5 + plateau
     run = CheckRun(settings=[None], seeds=[0], check_seed=0, subject=None, profile="quick",
                    device=torch.device("cpu"))
-    measured = _measurement(run, n, errors)
+    measured = _measurement(run, n, errors, rounding_error)
     tests = rate_tests(run, measured)
-    assert set(measured.row()) >= {"slope", "plateau", "reference_mse_C_over_Nref"}
-    assert [t.kind for t in tests] == ["equivalent", "at_most"]
+    assert set(measured.row()) >= {"slope", "plateau", "reference_mse_C_over_Nref",
+                                   "rounding_error_max_norm"}
+    assert [t.kind for t in tests] == ["equivalent", "at_most", "bound"]
     return [t.decide(1e-5).outcome for t in tests]
 
 
 def test_rate_decisions_accept_the_monte_carlo_rate():
-    assert _rate_decisions(plateau=0.0) == ["PASS", "PASS"]
+    assert _rate_decisions(plateau=0.0) == ["PASS", "PASS", "PASS"]
 
 
 def test_rate_decisions_reject_a_plateau():
     # a wrong limit at squared distance 3e-3 (the MSE at N = 1024)
-    assert _rate_decisions(plateau=3e-3) == ["FAIL", "FAIL"]
+    assert _rate_decisions(plateau=3e-3) == ["FAIL", "FAIL", "PASS"]
+
+
+def test_rate_decisions_reject_rounding_near_the_plateau_design():
+    # the plateau designed at 2 x 0.1 x C/N_max = 2 x 0.1 x 3/1024: its square root is 0.024,
+    # so rounding at 1e-3 is 4 % of the nearest wrong limit, beyond the 1 % stated precision
+    assert _rate_decisions(plateau=0.0, rounding_error=1e-3) == ["PASS", "PASS", "FAIL"]
 
 
 def test_rate_decisions_reject_the_square_root_rate():
@@ -234,7 +245,7 @@ def test_oracle_equals_the_subjects_gradient_on_the_same_pool(critic, output, in
     pool = problem.negatives(500, gen)
     reference = oracle_gradient((problem.weights,), (problem.anchors, problem.positives), (pool,),
                                 setting)
-    assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
+    assert torch.allclose(reference, problem.finite(SUBJECT_FLOAT64, pool), rtol=0, atol=1e-12)
 
 
 def test_oracle_symmetric_equals_the_subjects_gradient():
@@ -245,7 +256,35 @@ def test_oracle_symmetric_equals_the_subjects_gradient():
     problem = SymmetricProblem.draw(setting, gen)
     pool = problem.negatives(400, gen)
     reference = oracle_gradient(problem.weights, problem.inputs, pool, setting)
-    assert torch.allclose(reference, problem.finite(SUBJECT, pool), rtol=0, atol=1e-12)
+    assert torch.allclose(reference, problem.finite(SUBJECT_FLOAT64, pool), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem_type, setting", [
+    (UnimodalProblem, EncoderSetting(input_dim=9, embed_dim=9, critic="cosine", tau=0.25,
+                                     include_positive=False, anchors=1, augmentation=0.05)),
+    (UnimodalProblem, EncoderSetting(input_dim=2, embed_dim=2, critic="rbf", tau=0.8,
+                                     include_positive=True, anchors=13, augmentation=0.26)),
+    (SymmetricProblem, SymmetricSetting(input_dim=10, embed_dim=9, critic="cosine", tau=0.5,
+                                        include_positive=True, anchors=4, augmentation=0.2,
+                                        second_input_dim=9)),
+])
+def test_float32_subject_is_within_its_precision_of_float64(problem_type, setting):
+    """The subject trains in float32; on the same pools (4096 negatives, the full profile's
+    largest N) its gradient is within 2^-16 |g| of the float64 subject's. In bfloat16 (8
+    mantissa bits) it is not: the comparison can fail."""
+    gen = _generator(7)
+    problem = problem_type.draw(setting, gen)
+    pools = problem.negatives(4096, gen, (4,))
+    exact = problem.finite(SUBJECT_FLOAT64, pools)
+    scale = exact.norm(dim=-1)
+
+    def error(dtype):
+        return ((problem.finite(replace(SUBJECT, dtype=dtype), pools) - exact).norm(dim=-1)
+                / scale).max().item()
+
+    assert SUBJECT.dtype == torch.float32
+    assert error(torch.float32) <= 2**-16
+    assert error(torch.bfloat16) > 2**-16
 
 
 def test_oracle_over_seeds_is_each_seeds_oracle(monkeypatch):

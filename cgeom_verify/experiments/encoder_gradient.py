@@ -56,21 +56,34 @@ from cgeom_verify.settings import derive_seed
 
 @dataclass(frozen=True)
 class FiniteBatchGradient:
-    """The theta-gradient of the N-negative InfoNCE loss as a training step computes it."""
+    """The theta-gradient of the N-negative InfoNCE loss as a training step computes it: in
+    ``dtype`` (float32, as the authors' torch code trains), returned in the weights' dtype.
+
+    Why float32: the float64 programs took 2-3.5x as long (the full profile's rate checks
+    spent ~450 s in them). Its rounding (~1e-6 of |g|) stays far below what the checks
+    resolve; each rate check measures it on its own settings (:func:`rounding_error`)."""
 
     #: stop-gradient through the negatives' embeddings: the bug the control plants.
     detach_negatives: bool = False
+    dtype: torch.dtype = torch.float32
 
     def unimodal(self, weights, anchors, positives, negatives, tau, *, output, critic,
                  include_positive):
-        return encoder.infonce_gradient(weights, anchors, positives, negatives, tau, output=output,
-                                        critic=critic, include_positive=include_positive,
+        w, x, x_pos, x_neg = (t.to(self.dtype) for t in (weights, anchors, positives, negatives))
+        grad = encoder.infonce_gradient(w, x, x_pos, x_neg, tau, output=output, critic=critic,
+                                        include_positive=include_positive,
                                         detach_negatives=self.detach_negatives)
+        return grad.to(weights.dtype)
 
     def symmetric(self, weights, inputs, negatives, tau, *, output, critic, include_positive):
-        return encoder.symmetric_infonce_gradient(weights, inputs, negatives, tau, output=output,
-                                                  critic=critic, include_positive=include_positive,
-                                                  detach_negatives=self.detach_negatives)
+        def cast(pair):
+            return tuple(t.to(self.dtype) for t in pair)
+
+        grads = encoder.symmetric_infonce_gradient(cast(weights), cast(inputs), cast(negatives),
+                                                   tau, output=output, critic=critic,
+                                                   include_positive=include_positive,
+                                                   detach_negatives=self.detach_negatives)
+        return tuple(g.to(w.dtype) for g, w in zip(grads, weights, strict=True))
 
 
 SUBJECT = FiniteBatchGradient()
@@ -278,8 +291,9 @@ class UnimodalProblem:
         return cls(setting, mixture, weights, anchors,
                    encoder.augment(anchors, setting.augmentation, generator))
 
-    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = ()):
-        return self.mixture.sample(n, generator, batch)
+    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = (),
+                  dtype: torch.dtype | None = None):
+        return self.mixture.sample(n, generator, batch, dtype)
 
     def finite(self, subject: FiniteBatchGradient, negatives) -> torch.Tensor:
         """Flat gradients ``[R, P]``, one per replicate pool of ``negatives [R, N, m]``."""
@@ -317,9 +331,10 @@ class SymmetricProblem:
         inputs = _paired_inputs(mixture, mixing, s.augmentation, s.anchors, generator)
         return cls(s, mixture, mixing, weights, inputs)
 
-    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = ()):
+    def negatives(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = (),
+                  dtype: torch.dtype | None = None):
         return _paired_inputs(self.mixture, self.mixing, self.setting.augmentation, n, generator,
-                              batch)
+                              batch, dtype)
 
     def finite(self, subject: FiniteBatchGradient, negatives) -> torch.Tensor:
         s = self.setting
@@ -335,10 +350,11 @@ class SymmetricProblem:
                                self.setting)
 
 
-def _paired_inputs(mixture, mixing, noise, n, generator, batch=()):
-    """``n`` pairs ``(x, A x + noise)``, x from the mixture: ``[*batch, n, m]``, ``[..., m2]``."""
-    first = mixture.sample(n, generator, batch)
-    return first, encoder.augment(first, noise, generator, mixing)
+def _paired_inputs(mixture, mixing, noise, n, generator, batch=(), dtype=None):
+    """``n`` pairs ``(x, A x + noise)``, x from the mixture: ``[*batch, n, m]``, ``[..., m2]``
+    (in ``dtype``, default the mixture's)."""
+    first = mixture.sample(n, generator, batch, dtype)
+    return first, encoder.augment(first, noise, generator, mixing.to(first.dtype))
 
 
 # -- the rate design and measurements, shared by Thm 3.1 and Thm 4.1 ---------------------------
@@ -436,12 +452,14 @@ def plateau_design(rel: float, fit: RateFit) -> float:
 @dataclass(frozen=True)
 class RateMeasurement:
     """One setting's squared errors ``|g_N - g_ref|^2``, fitted, with the cosines
-    ``cos(g_N, g_ref)`` ``[levels, R]`` and the plateau's designed excess."""
+    ``cos(g_N, g_ref)`` ``[levels, R]``, the plateau's designed excess and the subject's
+    rounding error (:func:`rounding_error`)."""
 
     example: int
     fit: RateFit
     cosines: np.ndarray
     plateau_design: float
+    rounding_error: float
 
     def row(self) -> dict:
         fit = self.fit
@@ -455,6 +473,7 @@ class RateMeasurement:
             "C": list(fit.constant), "plateau": [fit.plateau, fit.plateau_se],
             "reference_mse_C_over_Nref": fit.reference_mse,
             "reference_mse_over_mse_at_largest_N": fit.reference_mse / fit.mse[-1],
+            "rounding_error_max_norm": self.rounding_error,
         }
 
 
@@ -471,7 +490,8 @@ def _squared_errors(run, problem, levels, replicates: int, generator, g_ref):
         chunk = replicates_per_program(run, problem.setting, n)
         for start in range(0, replicates, chunk):
             k = min(chunk, replicates - start)
-            g = problem.finite(run.subject, problem.negatives(n, generator, (k,)))
+            pools = problem.negatives(n, generator, (k,), run.subject.dtype)
+            g = problem.finite(run.subject, pools)
             e_n.append(((g - g_ref) ** 2).sum(-1))
             c_n.append(torch.nn.functional.cosine_similarity(g, g_ref, dim=-1))
         errors.append(torch.cat(e_n).cpu().numpy())
@@ -490,6 +510,27 @@ def _replicates_needed(fit: RateFit, rel: float, plateau_excess: float, rate: fl
         stats.min_num_samples(root * fit.plateau_fit.standard_error[2], plateau_excess, rate,
                               kind="at_most", fixed_standard_error=fit.reference_se),
         PILOT_REPLICATES)
+
+
+#: Pools of the largest N on which the subject's rounding is measured, and its stated
+#: precision: at most this share of the distance sqrt(plateau design) of the nearest wrong limit
+#: the plateau decision must catch. A wrong limit at distance b adds b^2 to every MSE_N; a
+#: rounding error that small adds at most 1e-4 of the designed excess (its correlation with
+#: the sampling error only moves C, a 1/N term).
+ROUNDING_POOLS = 8
+ROUNDING_SHARE = 0.01
+
+
+def rounding_error(run, problem, i: int, n: int) -> float:
+    """Largest ``|g_N - g_N^(64)|`` between the subject in its own precision and in float64 on
+    the same ROUNDING_POOLS pools of ``n`` negatives (drawn in float64 from a stream of their
+    own; the subject rounds them as it rounds every input)."""
+    generator = torch.Generator(device=run.device)
+    generator.manual_seed(derive_seed(run.seeds[i], "rounding pools") % 2**62)
+    pools = problem.negatives(n, generator, (ROUNDING_POOLS,))
+    ours, exact = (problem.finite(subject, pools)
+                   for subject in (run.subject, replace(run.subject, dtype=torch.float64)))
+    return float((ours - exact).norm(dim=-1).max())
 
 
 def _reference_count(run) -> int:
@@ -537,8 +578,9 @@ def plan_rate(run, i: int, setting: EncoderSetting, problem_type, rate: float) -
     fit = fit_rate(n, errors, n_ref)
     excess = plateau_design(run.relative_discrepancy, fit)
     needed = _replicates_needed(fit, run.relative_discrepancy, excess, rate, PILOT_SAFETY)
-    return RateDesign(problem, generator, g_ref, levels, RateMeasurement(i, fit, cosines, excess),
-                      needed, run.pick(MAX_REPLICATES))
+    pilot = RateMeasurement(i, fit, cosines, excess,
+                            rounding_error(run, problem, i, levels[-1]))
+    return RateDesign(problem, generator, g_ref, levels, pilot, needed, run.pick(MAX_REPLICATES))
 
 
 def measure_rate(run, design: RateDesign, rate: float) -> RateMeasurement:
@@ -557,8 +599,7 @@ def measure_rate(run, design: RateDesign, rate: float) -> RateMeasurement:
                                 design.reference)
         errors, cosines = (np.concatenate(pair, axis=1) for pair in zip((errors, cosines), extra,
                                                                         strict=True))
-    return RateMeasurement(pilot.example, fit_rate(pilot.fit.n, errors, pilot.fit.n_ref), cosines,
-                           pilot.plateau_design)
+    return replace(pilot, fit=fit_rate(pilot.fit.n, errors, pilot.fit.n_ref), cosines=cosines)
 
 
 def rate_figure_series(run, measured: list[RateMeasurement]) -> list[dict]:
@@ -709,6 +750,15 @@ def reproduction_seeds(run, panel: Fig2Panel, rate: float) -> int:
     if not seeds <= run.pick(FIG2_MAX_SEEDS):
         seeds = run.pick(FIG2_MAX_SEEDS)  # the decision will say UNDERPOWERED
     return max(int(seeds), FIG2_MIN_SEEDS)
+
+
+def fig2_rounding_error(run, panel: Fig2Panel) -> float:
+    """Largest ``|cos(g_N, g_ref)|`` difference, over the pilot's seeds and every N, between the
+    subject in its own precision and in float64 on the same inputs (the pilot's stream)."""
+    cos = [fig2_curves(subject, panel, FIG2_PILOT_SEEDS, _pilot_generator(run),
+                       protocols=("fresh",))["fresh"]["cos"]
+           for subject in (run.subject, replace(run.subject, dtype=torch.float64))]
+    return float(np.abs(cos[0] - cos[1]).max())
 
 
 @dataclass(frozen=True)

@@ -76,17 +76,18 @@ class GaussianMixture:
     means: torch.Tensor
     sigma: float
 
-    def sample(self, n: int, generator: torch.Generator,
-               batch: tuple[int, ...] = ()) -> torch.Tensor:
-        """``n`` draws per mixture: ``[*broadcast(batch, means.shape[:-2]), n, m]``."""
+    def sample(self, n: int, generator: torch.Generator, batch: tuple[int, ...] = (),
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``n`` draws per mixture: ``[*broadcast(batch, means.shape[:-2]), n, m]``, in ``dtype``
+        (default the means'). The random stream does not depend on ``dtype``."""
         if n < 1:
             raise ValueError(f"sample size must be positive, got {n}")
         *mixtures, k, m = self.means.shape
         shape = torch.broadcast_shapes(tuple(batch), tuple(mixtures))
-        means = self.means.expand(*shape, k, m)
+        means = self.means.to(dtype or self.means.dtype).expand(*shape, k, m)
         component = torch.randint(k, (*shape, n), generator=generator, device=self.means.device)
         centres = torch.gather(means, -2, component.unsqueeze(-1).expand(*shape, n, m))
-        noise = gaussian_noise((*shape, n, m), generator, self.means.dtype)
+        noise = gaussian_noise((*shape, n, m), generator, means.dtype)
         return noise.mul_(self.sigma).add_(centres)  # in place: one pass, no temporaries
 
 
