@@ -97,7 +97,7 @@ def rate_tests(run, measured: experiment.RateMeasurement, label: str = "") -> li
                       fit.plateau_se, fit.reference_mse, discrepancy=measured.plateau_design,
                       example=measured.example,
                       note="designed excess: PLATEAU_SHARE rel C/N at the largest N"),
-        stats.within_precision(f"{label}float32 subject = float64 subject on the same pools",
+        stats.within_precision(f"{label}subject rounding: gradient = float64 subject's, same pools",
                                measured.rounding_error, 0.0,
                                experiment.ROUNDING_SHARE * math.sqrt(measured.plateau_design),
                                example=measured.example,
@@ -236,7 +236,7 @@ def fig2_as_coded(run):
             float(mean), se, panel.reported_cos_at_256, margin=experiment.FIG2_MARGIN, df=df,
             note=f"{seeds} seeds; margin: 2-digit report of a 20-seed mean (see FIG2_MARGIN)"))
         tests.append(stats.within_precision(
-            f"{panel.critic}: float32 subject's cos = float64 subject's on the same inputs",
+            f"{panel.critic}: subject rounding: cos = float64 subject's on the same inputs",
             experiment.fig2_rounding_error(run, panel), 0.0,
             experiment.ROUNDING_SHARE * experiment.FIG2_MARGIN,
             note=f"max over the {experiment.FIG2_PILOT_SEEDS} pilot seeds and every N; "
