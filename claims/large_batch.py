@@ -292,9 +292,9 @@ def value_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
     def premise(source, label):
         return [stats.equivalent(
             f"partition estimator unbiased: E[kappa/Gamma] = 1 (direction {k})",
-            *experiment.pooled_mean_se(kernels), 1.0, margin=run.relative_discrepancy, example=i,
+            *experiment.pooled_mean_se(means), 1.0, margin=run.relative_discrepancy, example=i,
             note=f"{label}; margin: a relative error of that size in Gamma")
-            for k, kernels in enumerate(source.relative_kernels)]
+            for k, means in enumerate(source.kernel_means)]
 
     pilot_premise = premise(pilot, "pilot draws")
     if run.already_fails(pilot_premise, rate):
@@ -360,7 +360,7 @@ def gradient_tests(run, i: int, setting: BatchSetting, decisions: int) -> list:
 
     def premise(source, label):
         return [stats.equivalent(f"tilted mean premise: E[(kappa/Gamma)(w - g)]_{k} = 0",
-                                 *experiment.pooled_mean_se(source.tilted_residuals[..., k]), 0.0,
+                                 *experiment.pooled_mean_se(source.tilted_means[:, k]), 0.0,
                                  margin=margin, example=i, note=f"{label}; margin: rel tau |grad J|")
                 for k in range(len(target))]
 

@@ -26,7 +26,8 @@ def test_pooled_replicates_keep_every_axis(monkeypatch):
     b = lb.simulate(run, lb.SPOT, prediction, sizes, 2, run.generator(0), gradient=True)
     both = lb.Simulation.pooled([a, b])
     assert both.error.shape == (2, 5) and both.delta.shape[-1] == 5
-    assert both.relative_kernels[0].shape[0] == 5 and both.tilted_residuals.shape[0] == 5
+    assert both.kernel_means.shape == both.kernel_square_deviations.shape == (1, 5)
+    assert both.tilted_means.shape == (5, 3) and both.tilted_second_moments.shape == (5, 3, 3)
     assert both.gradient.shape[:2] == (2, 5) and both.linear.shape[:2] == (2, 5)
     np.testing.assert_array_equal(both.error[:, 3:], b.error)
     np.testing.assert_array_equal(both.gradient[:, :3], a.gradient)
@@ -38,6 +39,31 @@ def test_pooled_replicates_keep_every_axis(monkeypatch):
              for k in (2, 2, 1)]
     np.testing.assert_array_equal(blocked.error, lb.Simulation.pooled(parts).error)
     np.testing.assert_array_equal(blocked.gradient, lb.Simulation.pooled(parts).gradient)
+
+
+def test_replicate_moments_are_those_of_the_draws():
+    """The simulation keeps per-replicate moments of the draws, not the draws: recomputed here
+    from the same negatives, redrawn from the same stream, in numpy."""
+    run, prediction = _run(), lb.predict(lb.SPOT)
+    sizes, replicates = (4, 8), 6
+    sim = lb.simulate(run, lb.SPOT, prediction, sizes, replicates, run.generator(0), gradient=True)
+    forward = prediction.directions[0]
+    r = len(prediction.gradient)
+    draws = lb.SUBJECT.negatives(forward.law, replicates * sum(sizes), run.generator(0), span=r)
+    w = draws.numpy().reshape(replicates, sum(sizes), r)
+    kernels = np.exp(w @ forward.anchor[:r] / lb.SPOT.tau - forward.log_partition)  # [R, n]
+    residuals = kernels[..., None] * (w - prediction.tilted_mean)  # [R, n, r]
+    np.testing.assert_allclose(sim.kernel_means[0], kernels.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(sim.kernel_square_deviations[0], ((kernels - 1) ** 2).mean(1),
+                               rtol=1e-12)
+    np.testing.assert_allclose(sim.tilted_means, residuals.mean(1), rtol=1e-12, atol=1e-15)
+    outer = np.stack([v.T @ v / len(v) for v in residuals])
+    np.testing.assert_allclose(sim.tilted_second_moments, outer, rtol=1e-12, atol=1e-15)
+    # the pooled terms of the gradient constants: the draws' |v|^2 and across-part means
+    unit = prediction.gradient / np.linalg.norm(prediction.gradient)
+    norm2 = float(prediction.gradient @ prediction.gradient)
+    np.testing.assert_allclose(lb._mean_across(sim.tilted_second_moments, unit, norm2),
+                               lb._across(residuals, unit, norm2).mean(1), rtol=1e-10, atol=1e-15)
 
 
 def test_top_up_draws_only_what_the_dispersion_asks():

@@ -492,15 +492,25 @@ def main_run(run, i: int, setting: BatchSetting, prediction: Prediction, pilot_s
 
 @dataclass(frozen=True)
 class Simulation:
-    """Per batch size (rows follow ``design.sizes``) and replicate (columns)."""
+    """Per batch size (rows follow ``design.sizes``) and replicate (columns).
+
+    Per-draw quantities enter only through their means over each replicate's draws, so those
+    are kept, not the draws: every draw's tilted residual, [R, n, r] float64 with R up to ~3e4,
+    was the full certificate's memory peak (5.1 GB)."""
 
     error: np.ndarray  # err_N = L_N - log(N V) - J   [G, R]
     delta: np.ndarray  # Gamma_hat_N/Gamma - 1 per direction (the control variate)   [K, G, R]
-    relative_kernels: tuple[np.ndarray, ...]  # kappa/Gamma of every negative, per direction
+    #: mean of kappa/Gamma over each replicate's negatives, per direction   [K, R]
+    kernel_means: np.ndarray
+    #: mean of (kappa/Gamma - 1)^2 over each replicate's negatives, per direction   [K, R]
+    kernel_square_deviations: np.ndarray
     gradient: np.ndarray | None  # P grad_z L_N   [G, R, r]
-    #: (kappa/Gamma)(w - g) of every forward negative, span coordinates   [R, n, r]
-    tilted_residuals: np.ndarray | None
-    #: its block means per batch size, (1/N) sum_j (kappa_j/Gamma)(w_j - g)   [G, R, r]
+    #: mean of the tilted residuals (kappa/Gamma)(w - g) over each replicate's forward
+    #: negatives, span coordinates   [R, r]
+    tilted_means: np.ndarray | None
+    #: mean of their outer products   [R, r, r]
+    tilted_second_moments: np.ndarray | None
+    #: their block means per batch size, (1/N) sum_j (kappa_j/Gamma)(w_j - g)   [G, R, r]
     linear: np.ndarray | None
 
     @staticmethod
@@ -511,11 +521,10 @@ class Simulation:
             return None if values[0] is None else np.concatenate(values, axis=axis)
 
         return Simulation(
-            error=join("error", 1), delta=join("delta", 2),
-            relative_kernels=tuple(np.concatenate(kernels) for kernels in
-                                   zip(*(part.relative_kernels for part in parts), strict=True)),
-            gradient=join("gradient", 1), tilted_residuals=join("tilted_residuals", 0),
-            linear=join("linear", 1))
+            error=join("error", 1), delta=join("delta", 2), kernel_means=join("kernel_means", 1),
+            kernel_square_deviations=join("kernel_square_deviations", 1),
+            gradient=join("gradient", 1), tilted_means=join("tilted_means", 0),
+            tilted_second_moments=join("tilted_second_moments", 0), linear=join("linear", 1))
 
 
 #: Negatives per direction drawn and differentiated at once: a design's replicates are
@@ -563,11 +572,13 @@ def _simulate_block(run, setting: BatchSetting, prediction: Prediction, sizes, r
     with torch.no_grad():
         relative = [torch.exp(negatives @ run.tensor(x.anchor[:r]) / tau - x.log_partition)
                     for negatives, x in zip(pool, prediction.directions, strict=True)]
-        residuals = linear = None
+        linear = tilted = None
         if gradient:
             residuals = relative[0][..., None] * (pool[0] - run.tensor(prediction.tilted_mean))
             linear = torch.stack([residuals[:, start:start + n].mean(1)
                                   for start, n in zip(starts[:-1], sizes, strict=True)])
+            tilted = (residuals.mean(1),
+                      torch.einsum("rni,rnj->rij", residuals, residuals) / residuals.shape[1])
         delta = torch.stack([
             torch.stack([k[:, start:start + n].mean(-1) - 1
                          for start, n in zip(starts[:-1], sizes, strict=True)])
@@ -576,22 +587,20 @@ def _simulate_block(run, setting: BatchSetting, prediction: Prediction, sizes, r
     return Simulation(
         error=values.detach().cpu().numpy() - prediction.limit,
         delta=delta.cpu().numpy(),
-        relative_kernels=tuple(k.cpu().numpy() for k in relative),
+        kernel_means=torch.stack([k.mean(1) for k in relative]).cpu().numpy(),
+        kernel_square_deviations=torch.stack([((k - 1) ** 2).mean(1) for k in relative]).cpu().numpy(),
         gradient=grads.cpu().numpy() if gradient else None,
-        tilted_residuals=None if residuals is None else residuals.cpu().numpy(),
+        tilted_means=None if tilted is None else tilted[0].cpu().numpy(),
+        tilted_second_moments=None if tilted is None else tilted[1].cpu().numpy(),
         linear=None if linear is None else linear.cpu().numpy(),
     )
 
 
-def _replicate_means(values: np.ndarray) -> np.ndarray:
-    """Per-replicate means of a per-draw quantity ``[R, n, ...]`` -> ``[R, ...]``."""
-    return values.mean(axis=1)
-
-
-def pooled_mean_se(values: np.ndarray) -> tuple[float, float]:
-    """Mean of a per-draw quantity ``[R, n]`` and its standard error over the R replicates
-    (the draws of a replicate are i.i.d., and replicates are independent)."""
-    mean, se = stats.mean_se(_replicate_means(values), axis=0)
+def pooled_mean_se(replicate_means: np.ndarray) -> tuple[float, float]:
+    """Mean of a per-draw quantity, from its means over each replicate's draws ``[R]``, and its
+    standard error over the R replicates (the draws of a replicate are i.i.d., and replicates
+    are independent)."""
+    mean, se = stats.mean_se(replicate_means, axis=0)
     return float(mean), float(se)
 
 
@@ -624,7 +633,7 @@ def value_constants(setting, prediction, fit_sizes, sim, rows) -> dict:
     n = np.array(fit_sizes, dtype=np.float64)
     weight = 1.0 / len(prediction.directions)
     x = _positive_fraction(prediction, setting.include_positive, fit_sizes)[..., None]  # [K, G, 1]
-    pooled = [pooled_mean_se((k - 1.0) ** 2) for k in sim.relative_kernels]
+    pooled = [pooled_mean_se(deviations) for deviations in sim.kernel_square_deviations]
     c_hat = np.array([p[0] for p in pooled])[:, None, None]
     c_se = math.sqrt(sum(p[1] ** 2 for p in pooled))
     delta = sim.delta[:, rows]  # [K, G, R]
@@ -683,6 +692,11 @@ def _across(v: np.ndarray, unit: np.ndarray, norm2: float) -> np.ndarray:
     return ((v**2).sum(-1) - (v @ unit) ** 2) / (2.0 * norm2)
 
 
+def _mean_across(second_moment: np.ndarray, unit: np.ndarray, norm2: float) -> np.ndarray:
+    """The mean of :func:`_across` over draws, from their second moment E[v v^T] ``[..., r, r]``."""
+    return (np.trace(second_moment, axis1=-2, axis2=-1) - unit @ second_moment @ unit) / (2.0 * norm2)
+
+
 def gradient_constants(setting, prediction, sizes, fit_rows, sim) -> dict:
     tau, weight = setting.tau, 1.0 / len(prediction.directions)
     x = _positive_fraction(prediction, setting.include_positive, sizes)  # [K, G]
@@ -701,9 +715,10 @@ def gradient_constants(setting, prediction, sizes, fit_rows, sim) -> dict:
     n_all = np.asarray(sizes, dtype=np.float64)[:, None]
     mse_rows = n_all * (scale * (error**2).sum(-1) - (lin**2).sum(-1))  # [G, R]
     across_rows = n_all * (scale * _across(error, unit, norm2) - _across(lin, unit, norm2))
-    terms = weight * sim.tilted_residuals / tau  # [R, n, r]
-    mse_pool = pooled_mean_se((terms**2).sum(-1))
-    across_pool = pooled_mean_se(_across(terms, unit, norm2))
+    # the draws' terms w (kappa/Gamma)(w - g)/tau, through their per-replicate second moments
+    second = (weight / tau) ** 2 * sim.tilted_second_moments  # [R, r, r]
+    mse_pool = pooled_mean_se(np.trace(second, axis1=-2, axis2=-1))
+    across_pool = pooled_mean_se(_mean_across(second, unit, norm2))
     n = np.asarray(sizes, dtype=np.float64)[fit_rows]
     out = {}
     for key, rows_stat, pool in (("mse", mse_rows, mse_pool), ("across", across_rows, across_pool)):
