@@ -161,3 +161,18 @@ def test_figures_drawn_by_child_processes_equal_those_drawn_here(monkeypatch):
     assert drawing.draw_all(tasks) == here
     monkeypatch.setattr(drawing, "_DRAWING_CHILD", "raise SystemExit(3)")
     assert drawing.draw_all(tasks) == here
+
+
+def test_formulas_are_dark_glyphs_on_white_or_none():
+    """A formula mathtext parses is a PNG of dark glyphs on a white ground, as tall as one
+    line of 15-pt text at MATH_DPI; one it cannot parse is None (the report shows its LaTeX)."""
+    import io
+
+    plt = drawing._pyplot()
+    png = drawing.formula(plt, r"\frac{\kappa_1 w_1}{\kappa_1} = \operatorname{w}_{1}")
+    grey = plt.imread(io.BytesIO(png))[..., :3].mean(-1)  # RGB(A) floats in [0, 1]
+    height, width = grey.shape
+    assert 15 * drawing.MATH_DPI / 72 < height < 4 * 15 * drawing.MATH_DPI / 72 < width
+    assert grey[0].min() == grey[-1].min() == 1.0  # white first and last rows
+    assert (grey < 0.2).mean() > 0.02  # glyphs
+    assert drawing.formula(plt, r"\notacommand{x}") is None
