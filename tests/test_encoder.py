@@ -53,6 +53,23 @@ def test_mixture_sample_moments():
     assert torch.all((x.var(0) - 1).abs() < 5 * (2 / 40000) ** 0.5)
 
 
+def test_mixture_sample_adds_each_draws_own_centre(monkeypatch):
+    """Each draw is sigma x its noise plus the mean of its component, replayed here from the
+    same stream (component labels, then the noise) and computed at once; the sampler adds the
+    centres in slices of draws (here 3 of them: PROGRAM_FLOATS shrunk)."""
+    from cgeom_verify.kernels import programs
+
+    mixture = encoder.random_mixture((2, 3), 4, 5, radius=2.0, sigma=0.7, generator=_generator())
+    monkeypatch.setattr(programs, "PROGRAM_FLOATS", 2 * 3 * 5 * 4)  # 4 draws per slice
+    x = mixture.sample(11, _generator(3))
+    replay = _generator(3)
+    labels = torch.randint(4, (2, 3, 11), generator=replay)
+    noise = encoder.gaussian_noise((2, 3, 11, 5), replay, torch.float64)
+    expected = 0.7 * noise + mixture.means[torch.arange(2)[:, None, None],
+                                           torch.arange(3)[None, :, None], labels]
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-15)
+
+
 def test_encode_outputs_and_batching():
     gen = _generator()
     weights = encoder.init_weights((2,), 5, 3, gen)

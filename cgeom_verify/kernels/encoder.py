@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .infonce import infonce_loss, log_partition, symmetric_infonce
+from .programs import items_per_program
 from .streaming import streamed_logsumexp
 
 __all__ = [
@@ -86,9 +87,14 @@ class GaussianMixture:
         shape = torch.broadcast_shapes(tuple(batch), tuple(mixtures))
         means = self.means.to(dtype or self.means.dtype).expand(*shape, k, m)
         component = torch.randint(k, (*shape, n), generator=generator, device=self.means.device)
-        centres = torch.gather(means, -2, component.unsqueeze(-1).expand(*shape, n, m))
-        noise = gaussian_noise((*shape, n, m), generator, means.dtype)
-        return noise.mul_(self.sigma).add_(centres)  # in place: one pass, no temporaries
+        draws = gaussian_noise((*shape, n, m), generator, means.dtype).mul_(self.sigma)
+        # the centres added in place, a cache-sized slice of draws at a time: gathered at once
+        # they were a second sample-sized tensor (0.8 GB at Fig. 2's 400 seeds x 4096 x 64)
+        step = items_per_program(draws.device, math.prod(shape) * m, n)
+        for lo in range(0, n, step):
+            index = component[..., lo:lo + step, None].expand(*shape, -1, m)
+            draws[..., lo:lo + step, :].add_(torch.gather(means, -2, index))
+        return draws
 
 
 def random_mixture(batch: tuple[int, ...], components: int, dim: int, *, radius: float,
