@@ -120,6 +120,19 @@ def test_vmf_density_integrates_to_one_on_s2():
     assert abs(mass - 1.0) < 1e-12
 
 
+def test_vmf_density_from_the_coordinate_along_the_mean():
+    """Given the sphere's dimension, the density of a point is that of its coordinate on the
+    mean's axis (the higher-d tie-break draws that coordinate alone)."""
+    gen = torch.Generator().manual_seed(0)
+    d, kappa = 21, torch.tensor([[0.5], [40.0]], dtype=torch.float64)
+    mean = vmf.sample_uniform_sphere((), d, gen)
+    points = vmf.sample_uniform_sphere((2, 5), d, gen)
+    full = vmf.vmf_log_density(points, mean, kappa)
+    on_axis = vmf.vmf_log_density((points @ mean)[..., None], torch.ones(1, dtype=torch.float64),
+                                  kappa, d=d)
+    torch.testing.assert_close(on_axis, full, rtol=1e-14, atol=1e-12)
+
+
 def test_quadrature_weights_and_moments():
     points, weights = quadrature.sphere_grid(10, 21)
     assert abs(weights.sum().item() - 1) < 1e-14

@@ -19,7 +19,7 @@ import torch
 
 from cgeom_verify import Profiled, stats
 from cgeom_verify.kernels import divergence_geometry as geo
-from cgeom_verify.kernels import gibbs, landscape, quadrature, vmf
+from cgeom_verify.kernels import gibbs, landscape, quadrature, vmf, vmf_span
 
 # == settings ====================================================================================
 
@@ -531,10 +531,10 @@ class LaplaceTieBreak:
         return (a_narrow / a_wide) ** ((d - self.tangent_codimension) / 2.0)
 
 
-def _antipodal_wells(points, m, a_wide, a_narrow):
-    """Branches ``a_wide (1 - <z, m>)``, ``a_narrow (1 + <z, m>)``; U is their minimum and the
-    basin of a well is where its branch is the smaller: ``(U[M], labels[M])``."""
-    c = points @ m
+def _antipodal_wells(c, a_wide, a_narrow):
+    """Branches ``a_wide (1 - c)``, ``a_narrow (1 + c)`` of a point with ``c = <z, m>``; U is
+    their minimum and the basin of a well is where its branch is the smaller:
+    ``(U[M], labels[M])``."""
     branches = torch.stack([a_wide * (1 - c), a_narrow * (1 + c)])
     u, labels = branches.min(0)
     return u, labels
@@ -545,7 +545,7 @@ def _basin_masses(n_theta, m, a_wide, a_narrow, tau):
     ``n_theta x 2 n_theta`` Gauss-Legendre x trapezoid grid, per tau: ``[K, 2]`` (unnormalised:
     U >= 0, so every term is <= 1 and nothing over- or underflows)."""
     points, weights = quadrature.sphere_grid(n_theta, 2 * n_theta, device=m.device)
-    u, labels = _antipodal_wells(points, m, a_wide, a_narrow)
+    u, labels = _antipodal_wells(points @ m, a_wide, a_narrow)
     log_mass = -u / tau[:, None]  # [K, M]
     return landscape.partition_masses(log_mass, labels, weights, 2), weights.shape[-1]
 
@@ -658,7 +658,7 @@ class TieBreakFit:
     se: np.ndarray
 
 
-def _tie_break_fit(run, d, a_wide, a_narrow, taus, m, n, gen) -> TieBreakFit:
+def _tie_break_fit(run, d, a_wide, a_narrow, taus, n, gen) -> TieBreakFit:
     """Importance-sampled mass ratio wide/narrow at each tau and the fit of its log-limit.
 
     Importance sampling from the equal mixture q of the two wells' vMF laws. In its own basin
@@ -666,17 +666,23 @@ def _tie_break_fit(run, d, a_wide, a_narrow, taus, m, n, gen) -> TieBreakFit:
     delta-method standard error of the ratio is reliable. Fit ``log ratio(tau) = log L + b tau
     + c tau^2``: on the log scale the standard error ~ se/ratio does not grow with the estimate
     itself (weighting by the estimate's own se would favour low estimates and bias L down).
+
+    U, the basins and q see a point z only through ``c = <z, m>``, m the wide well's axis: the
+    draws are of c alone, z's coordinate on that axis (:mod:`.vmf_span`, one span coordinate),
+    O(1) per draw in any d (the d-vectors were [K, n, d] floats: 1.9 GB at the full profile's
+    largest setting, and a tangent direction nothing read).
     """
     tau = run.tensor(taus)[:, None]  # [K, 1]
-    means = torch.stack([m, -m])  # [2, d]
     kappas = torch.stack([a_wide / tau, a_narrow / tau], dim=-1)  # [K, 1, 2]
     comp = (torch.rand(len(taus), n, generator=gen, dtype=run.dtype, device=run.device)
             < 0.5).long()  # [K, n]
     kappa = torch.gather(kappas.expand(-1, n, -1), -1, comp[..., None])[..., 0]
-    z = vmf.sample_vmf(means[comp], kappa, 1, gen)[..., 0, :]  # [K, n, d]
-    u, labels = _antipodal_wells(z, m, a_wide, a_narrow)
-    log_q = torch.logaddexp(vmf.vmf_log_density(z, m, kappas[..., 0]),
-                            vmf.vmf_log_density(z, -m, kappas[..., 1])) - math.log(2.0)
+    wells = run.tensor([[1.0], [-1.0]])  # the wells' means on the axis: m and -m
+    c = vmf_span.sample_vmf_span(wells[comp], kappa, 1, d, gen)[..., 0, 0]  # [K, n]
+    u, labels = _antipodal_wells(c, a_wide, a_narrow)
+    on_axis = c[..., None]
+    log_q = torch.logaddexp(vmf.vmf_log_density(on_axis, wells[0], kappas[..., 0], d=d),
+                            vmf.vmf_log_density(on_axis, wells[1], kappas[..., 1], d=d)) - math.log(2.0)
     log_w = -u / tau - log_q
     w = torch.exp(log_w - log_w.max(-1, keepdim=True).values)
     ratio, se = _ratio_estimate(w * (labels == 0), w * (labels == 1))
@@ -687,7 +693,7 @@ def _tie_break_fit(run, d, a_wide, a_narrow, taus, m, n, gen) -> TieBreakFit:
 
 @dataclass(frozen=True)
 class TieBreakDesign:
-    """One higher-d setting's temperatures, well axis and samples per tau, fixed from a pilot
+    """One higher-d setting's temperatures and samples per tau, fixed from a pilot
     before the decisive sample is drawn."""
 
     d: int
@@ -695,7 +701,6 @@ class TieBreakDesign:
     a_narrow: float
     beta: float  # (4 nu^2 - 1)/8, nu = d/2 - 1: the Hankel correction of V_d
     taus: np.ndarray
-    axis: torch.Tensor
     samples: int
 
 
@@ -711,20 +716,19 @@ def plan_tie_break(run, i: int, s: HighDimWellPairSetting, margin: float, rate: 
     nu = d / 2 - 1
     beta = (4 * nu**2 - 1) / 8
     taus = 0.2 * a_wide / max(beta, 2.0) * np.array([1.0, 0.6, 0.35, 0.2, 0.125])
-    m = vmf.sample_uniform_sphere((), d, gen)
-    pilot = _tie_break_fit(run, d, a_wide, a_narrow, taus, m, PILOT_SAMPLES, gen).fit
+    pilot = _tie_break_fit(run, d, a_wide, a_narrow, taus, PILOT_SAMPLES, gen).fit
     sigma = PILOT_SAFETY * pilot.standard_error[0] * math.sqrt(PILOT_SAMPLES)
     n = stats.min_num_samples(sigma, margin, rate, run.false_pass_rate, kind="equivalent")
     cap = run.pick(SAMPLE_CAP)
     if n > cap:
         run.not_applicable(f"d={d}: the design needs {n} samples per tau (> {cap})", i)
         return None
-    return TieBreakDesign(d, a_wide, a_narrow, beta, taus, m, n)
+    return TieBreakDesign(d, a_wide, a_narrow, beta, taus, n)
 
 
 def measure_tie_break(run, design: TieBreakDesign, gen) -> TieBreakFit:
     """The decisive sample: ``design.samples`` per tau, on the generator the pilot advanced."""
-    return _tie_break_fit(run, design.d, design.a_wide, design.a_narrow, design.taus, design.axis,
+    return _tie_break_fit(run, design.d, design.a_wide, design.a_narrow, design.taus,
                           design.samples, gen)
 
 

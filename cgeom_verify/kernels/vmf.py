@@ -95,9 +95,12 @@ def mean_resultant_length(d: int, x) -> np.ndarray:
     return np.where(x == 0, 0.0, ratio)
 
 
-def vmf_log_density(x: torch.Tensor, mean: torch.Tensor, kappa) -> torch.Tensor:
-    """Log vMF density at points ``x[..., d]`` w.r.t. the uniform probability measure."""
-    d = x.shape[-1]
+def vmf_log_density(x: torch.Tensor, mean: torch.Tensor, kappa, d: int | None = None) -> torch.Tensor:
+    """Log vMF density at points ``x[..., d]`` w.r.t. the uniform probability measure on S^{d-1}.
+
+    It sees x only through <x, mean>: with ``d`` given, ``x`` and ``mean`` may hold only their
+    coordinates in a span that contains the mean (:mod:`.vmf_span`)."""
+    d = x.shape[-1] if d is None else d
     kappa_t = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
     log_norm = torch.as_tensor(
         log_kernel_volume(d, kappa_t.detach().cpu().numpy()), dtype=x.dtype, device=x.device
